@@ -1,0 +1,268 @@
+"""The benchmark harness: NQ-20 questions through each method at each target rate.
+
+Every row reports tokens in and out (target tokenizer), the achieved kept ratio, answer recall (a
+normalised gold answer survives in the context), reader accuracy (the local reader's answer contains a
+normalised gold answer) on the first `reader_limit` questions, and milliseconds per stage.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import platform
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from ragctx.bench.metrics import has_answer, median_p90
+from ragctx.config import Settings
+from ragctx.engine import ContextEngine
+from ragctx.io import atomic_write
+from ragctx.pipeline.registry import COMPRESSORS, known_stage_names
+from ragctx.pipeline.state import Budget
+from ragctx.reader import LocalReader
+from ragctx.types import Passage
+
+REORDER_BASELINES = ["reorder-lim-langchain"]
+
+
+def find_nq20() -> Path | None:
+    """`../shared/data/nq20/nq20_dev.jsonl.gz` beside the checkout or the working directory."""
+    here = Path(__file__).resolve()
+    for base in [Path.cwd(), *here.parents]:
+        candidate = base.parent / "shared" / "data" / "nq20" / "nq20_dev.jsonl.gz"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+@dataclass
+class Question:
+    qid: str
+    question: str
+    answers: list[str]
+    passages: list[Passage]
+    gold_index: int
+
+
+def load_nq20(path: Path, n: int) -> list[Question]:
+    out = []
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            if len(out) >= n:
+                break
+            row = json.loads(line)
+            passages = [Passage(id=p["id"], title=p["title"], text=p["text"]) for p in row["passages"]]
+            out.append(Question(str(row["qid"]), row["question"], row["answers"], passages, row["gold_index"]))
+    return out
+
+
+@dataclass
+class BenchConfig:
+    data: Path
+    n: int = 100
+    reader_limit: int = 40
+    rates: list[float] = field(default_factory=lambda: [0.5, 0.25])
+    methods: list[str] = field(default_factory=lambda: ["truncate", "random-drop", "budget"])
+    out: Path = Path("bench-out")
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError("--n must be at least 1")
+        if not 0 <= self.reader_limit <= self.n:
+            raise ValueError("--reader-limit must be between 0 and --n")
+        if not self.rates or any(not 0 < r <= 1 for r in self.rates):
+            raise ValueError("--rates must be in (0, 1]")
+        unknown = [m for m in self.methods if m not in known_stage_names() or m in ("retrieve",)]
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; known: {sorted(known_stage_names() - {'retrieve'})}")
+
+
+@dataclass
+class Row:
+    method: str
+    target_rate: float | None
+    n: int
+    tokens_in: float
+    tokens_out: float
+    kept_ratio: float
+    answer_recall: float | None
+    reader_n: int
+    reader_accuracy: float | None
+    stage_ms: dict[str, tuple[float, float]]
+    reader_ms: tuple[float, float] | None
+
+
+@dataclass
+class BenchReport:
+    rows: list[Row]
+    meta: dict[str, Any]
+    markdown: str
+
+
+def _row(method: str, rate: float | None, samples: list[dict[str, Any]], reader_n: int) -> Row:
+    stage_ms: dict[str, list[float]] = defaultdict(list)
+    for s in samples:
+        for name, ms in s["stage_ms"].items():
+            stage_ms[name].append(ms)
+    answered = [s for s in samples if "correct" in s]
+    tin = sum(s["tokens_in"] for s in samples)
+    tout = sum(s["tokens_out"] for s in samples)
+    recall = [s["recall"] for s in samples if s["recall"] is not None]
+    return Row(
+        method=method,
+        target_rate=rate,
+        n=len(samples),
+        tokens_in=tin / len(samples),
+        tokens_out=tout / len(samples),
+        kept_ratio=tout / tin if tin else 0.0,
+        answer_recall=sum(recall) / len(recall) if recall else None,
+        reader_n=len(answered),
+        reader_accuracy=(sum(s["correct"] for s in answered) / len(answered)) if answered else None,
+        stage_ms={k: median_p90(v) for k, v in stage_ms.items()},
+        reader_ms=median_p90([s["reader_ms"] for s in answered]) if answered else None,
+    )
+
+
+def run_bench(settings: Settings, cfg: BenchConfig) -> BenchReport:
+    questions = load_nq20(cfg.data, cfg.n)
+    engine = ContextEngine(settings)
+    reader = LocalReader(engine.models.reader()) if cfg.reader_limit else None
+    full_tokens: list[int] = []
+
+    def answer(q: Question, context: str | None, i: int, sample: dict[str, Any]) -> None:
+        if reader is None or i >= cfg.reader_limit:
+            return
+        started = time.perf_counter()
+        out = reader.answer(q.question, context)
+        sample["reader_ms"] = (time.perf_counter() - started) * 1000
+        sample["correct"] = has_answer(out, q.answers)
+        sample["answer"] = out
+
+    configs: list[tuple[str, float | None]] = [("none", None)]
+    configs += [(m, None) for m in REORDER_BASELINES]
+    configs += [(m, r) for m in cfg.methods if m in COMPRESSORS for r in cfg.rates]
+    configs += [(m, None) for m in cfg.methods if m not in COMPRESSORS and m not in REORDER_BASELINES]
+    rows: list[Row] = []
+    per_question: dict[str, list[dict[str, Any]]] = {}
+    for method, rate in configs:
+        stages = [] if method == "none" else [method]
+        pipe = engine.pipeline(stages=stages)
+        samples = []
+        label = method if rate is None else f"{method}@{rate}"
+        for i, q in enumerate(tqdm(questions, desc=label, unit="q", leave=False)):
+            ctx = pipe.run(q.question, q.passages, Budget(rate=rate) if rate else Budget(), seed=settings.seed)
+            if method == "none":
+                full_tokens.append(ctx.tokens_in)
+            sample: dict[str, Any] = {
+                "qid": q.qid,
+                "tokens_in": ctx.tokens_in,
+                "tokens_out": ctx.tokens_out,
+                "recall": has_answer(ctx.text, q.answers),
+                "stage_ms": {s.name: s.ms for s in ctx.stats},
+            }
+            answer(q, ctx.text, i, sample)
+            samples.append(sample)
+        rows.append(_row(method, rate, samples, cfg.reader_limit))
+        per_question[label] = samples
+
+    # Reference rows: no context at all, and the gold passage alone.
+    for label in ("closed-book", "gold-only"):
+        samples = []
+        for i, q in enumerate(tqdm(questions, desc=label, unit="q", leave=False)):
+            if label == "gold-only":
+                gold = q.passages[q.gold_index]
+                ctx = engine.pipeline(stages=[]).run(q.question, [gold])
+                text: str | None = ctx.text
+                tout = ctx.tokens_out
+            else:
+                text, tout = None, 0
+            sample = {
+                "qid": q.qid,
+                "tokens_in": full_tokens[i],
+                "tokens_out": tout,
+                "recall": has_answer(text, q.answers) if text is not None else None,
+                "stage_ms": {},
+            }
+            answer(q, text, i, sample)
+            samples.append(sample)
+        rows.append(_row(label, None, samples, cfg.reader_limit))
+        per_question[label] = samples
+
+    meta = {
+        "data": str(cfg.data),
+        "n": cfg.n,
+        "reader_limit": cfg.reader_limit,
+        "tokenizer": engine.counter.name,
+        "reader": settings.reader_model,
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "model_load_ms": engine.models.load_ms,
+    }
+    md = to_markdown(rows, meta)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    with atomic_write(cfg.out / "bench.json") as fh:
+        json.dump({"meta": meta, "rows": [asdict(r) for r in rows], "per_question": per_question}, fh, indent=1)
+    with atomic_write(cfg.out / "bench.md") as fh:
+        fh.write(md + "\n")
+    plot(rows, cfg.out / "bench.png")
+    return BenchReport(rows, meta, md)
+
+
+def _fmt(x: float | None, digits: int = 2) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def to_markdown(rows: list[Row], meta: dict[str, Any]) -> str:
+    lines = [
+        f"NQ-20 dev, first {meta['n']} questions; reader accuracy on the first {meta['reader_limit']}; "
+        f"tokens counted with {meta['tokenizer']}.",
+        "",
+        "| method | target rate | tokens in | tokens out | kept ratio | answer recall | reader acc. (n) "
+        "| compress ms median (p90) | reader ms median |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ms = [v for k, v in r.stage_ms.items()]
+        total = f"{sum(m for m, _ in ms):.1f} ({sum(p for _, p in ms):.1f})" if ms else "–"
+        acc = f"{_fmt(r.reader_accuracy)} ({r.reader_n})" if r.reader_accuracy is not None else "–"
+        reader_ms = f"{r.reader_ms[0]:.0f}" if r.reader_ms else "–"
+        lines.append(
+            f"| {r.method} | {_fmt(r.target_rate)} | {r.tokens_in:.0f} | {r.tokens_out:.0f} | "
+            f"{r.kept_ratio:.2f} | {_fmt(r.answer_recall)} | {acc} | {total} | {reader_ms} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    by_method: dict[str, list[Row]] = defaultdict(list)
+    for r in rows:
+        by_method[r.method].append(r)
+    for method, rs in by_method.items():
+        rs = sorted(rs, key=lambda r: r.kept_ratio)
+        xs = [r.kept_ratio for r in rs]
+        marker = "o-" if len(rs) > 1 else "s"
+        if any(r.reader_accuracy is not None for r in rs):
+            axes[0].plot(xs, [r.reader_accuracy or 0 for r in rs], marker, label=method)
+        if any(r.answer_recall is not None for r in rs):
+            axes[1].plot(xs, [r.answer_recall or 0 for r in rs], marker, label=method)
+    axes[0].set(xlabel="kept ratio (tokens out / tokens in)", ylabel="reader accuracy", title="Reader accuracy")
+    axes[1].set(xlabel="kept ratio (tokens out / tokens in)", ylabel="answer recall", title="Answer recall")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.set_xlim(-0.02, 1.05)
+    axes[1].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)

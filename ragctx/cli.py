@@ -1,0 +1,317 @@
+"""`ragctx`: build an index, query it, compress batches, run the bench. Every command uses ContextEngine."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ragctx.config import ConfigError, Settings, load_settings, settings_markdown
+from ragctx.pipeline.registry import STAGE_HELP, compression_methods
+from ragctx.pipeline.state import Budget
+from ragctx.types import CompressedContext
+
+app = typer.Typer(
+    help="ragctx: the context layer between a retriever and an LLM. Retrieve, score, reorder and compress "
+    "passages, with every kept span traceable to its source.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+index_app = typer.Typer(help="Build and extend the FAISS index.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+
+console = Console()
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="TOML configuration file (or RAGCTX_CONFIG).")
+]
+IndexDirOpt = Annotated[Path | None, typer.Option("--index-dir", help="Index directory (RAGCTX_INDEX_DIR).")]
+BudgetOpt = Annotated[int | None, typer.Option("--budget", "--target-tokens", help="Token budget of the context.")]
+RateOpt = Annotated[float | None, typer.Option("--rate", help="Keep this fraction of the tokens (0-1].")]
+MethodOpt = Annotated[
+    str | None, typer.Option("--method", "-m", help=f"Compression method: {', '.join(compression_methods())}.")
+]
+
+
+def fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def settings_or_exit(config: Path | None, **overrides: Any) -> Settings:
+    try:
+        return load_settings(config, **overrides)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+        raise  # unreachable
+
+
+def budget_or_exit(settings: Settings, budget: int | None, rate: float | None) -> Budget:
+    try:
+        if budget is not None or rate is not None:
+            return Budget(tokens=budget, rate=rate)
+        return Budget(tokens=settings.budget_tokens, rate=settings.rate)
+    except ValueError as exc:
+        fail(str(exc), 2)
+        raise
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")] = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@index_app.command("build")
+def index_build(
+    paths: Annotated[list[str], typer.Argument(help="JSONL, text or Markdown files, folders or globs.")],
+    config: ConfigOpt = None,
+    index_dir: IndexDirOpt = None,
+    index_type: Annotated[str | None, typer.Option("--type", help="flat, hnsw or ivf.")] = None,
+) -> None:
+    """Build a new index from documents (replaces the old one only once the new one is complete)."""
+    from ragctx.indexes.faiss_index import FaissIndex
+    from ragctx.indexes.loaders import DocumentFormatError, expand_inputs, read_documents
+    from ragctx.models import ModelRegistry
+
+    s = settings_or_exit(config, index_dir=index_dir, index_type=index_type)
+    try:
+        files = expand_inputs(paths)
+        embedder = ModelRegistry(s).embedder()
+        started = time.perf_counter()
+        index = FaissIndex.build(
+            s.resolved_index_dir(),
+            read_documents(files, s.chunk_words),
+            embedder,
+            embedder_name=s.embedder,
+            index_type=s.index_type,
+            ivf_nlist=s.ivf_nlist,
+            hnsw_m=s.hnsw_m,
+            progress=True,
+        )
+    except (DocumentFormatError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+        return
+    secs = time.perf_counter() - started
+    console.print(
+        f"indexed {len(index)} passages from {len(files)} file(s) into {s.resolved_index_dir()} "
+        f"in {secs:.1f} s ({len(index) / max(secs, 1e-9):.0f} passages/s)"
+    )
+
+
+@index_app.command("add")
+def index_add(
+    paths: Annotated[list[str], typer.Argument(help="JSONL, text or Markdown files, folders or globs.")],
+    config: ConfigOpt = None,
+    index_dir: IndexDirOpt = None,
+) -> None:
+    """Add documents to an existing index; ids already present are skipped."""
+    from ragctx.indexes.loaders import DocumentFormatError, expand_inputs, read_documents
+    from ragctx.engine import ContextEngine
+
+    s = settings_or_exit(config, index_dir=index_dir)
+    try:
+        index = ContextEngine(s).open_index()
+        result = index.add(read_documents(expand_inputs(paths), s.chunk_words), progress=True)
+    except (DocumentFormatError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+        return
+    console.print(f"added {result.added} passages; skipped {len(result.skipped_duplicates)} duplicate id(s)")
+
+
+def print_context(ctx: CompressedContext) -> None:
+    console.rule("[bold]context")
+    console.print(ctx.text, highlight=False, markup=False)
+    table = Table(title="kept spans per passage", show_lines=False)
+    for col in ("#", "passage", "title", "score", "spans [start, end)", "kept chars"):
+        table.add_column(col)
+    for i, p in enumerate(ctx.passages, 1):
+        spans = ", ".join(f"[{s.start}, {s.end})" for s in p.spans) or "dropped"
+        kept = sum(s.end - s.start for s in p.spans)
+        score = f"{p.passage.score:.3f}" if p.passage.score is not None else "-"
+        table.add_row(str(i), p.passage.id, p.passage.title[:40], score, spans, f"{kept}/{len(p.passage.text)}")
+    console.print(table)
+    stages = Table(title=f"stages (tokens counted with {ctx.tokenizer})")
+    for col in ("stage", "tokens in", "tokens out", "ms"):
+        stages.add_column(col)
+    for st in ctx.stats:
+        stages.add_row(st.name, str(st.tokens_in), str(st.tokens_out), f"{st.ms:.1f}")
+    console.print(stages)
+
+
+@app.command()
+def query(
+    question: Annotated[str, typer.Argument(help="The question.")],
+    budget: BudgetOpt = None,
+    rate: RateOpt = None,
+    method: MethodOpt = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", "-k", help="Passages to retrieve.")] = None,
+    stages: Annotated[str | None, typer.Option("--stages", help="Comma-separated stage list.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the CompressedContext as JSON.")] = False,
+    config: ConfigOpt = None,
+    index_dir: IndexDirOpt = None,
+) -> None:
+    """Retrieve passages for a question and print the budgeted context with its provenance."""
+    from ragctx.engine import ContextEngine
+
+    stage_list = [x.strip() for x in stages.split(",") if x.strip()] if stages else None
+    s = settings_or_exit(config, index_dir=index_dir, top_k=top_k, stages=stage_list)
+    b = budget_or_exit(s, budget, rate)
+    engine = ContextEngine(s)
+    if engine.retriever is None:
+        fail(f"no index at {s.resolved_index_dir()}; build one with `ragctx index build PATH` or run `ragctx demo`")
+    try:
+        ctx = engine.run(question, method=method, budget=b)
+    except ValueError as exc:
+        fail(str(exc), 2)
+        return
+    if as_json:
+        sys.stdout.write(json.dumps(ctx.to_dict(), ensure_ascii=False, indent=2) + "\n")
+    else:
+        print_context(ctx)
+
+
+@app.command()
+def compress(
+    input: Annotated[Path, typer.Option("--input", "-i", help="JSONL: {question, passages:[{id,title,text}]}.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="JSONL of CompressedContext, one per line.")],
+    method: MethodOpt = "budget",
+    budget: BudgetOpt = None,
+    rate: RateOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Compress caller-given passages in batch (no retrieval); models load once."""
+    from tqdm import tqdm
+
+    from ragctx.batch import InputError, read_requests
+    from ragctx.engine import ContextEngine
+    from ragctx.io import atomic_write
+
+    s = settings_or_exit(config)
+    b = budget_or_exit(s, budget, rate)
+    if not input.is_file():
+        fail(f"input file {input} does not exist")
+    try:
+        requests = list(read_requests(input))  # validate everything before any work or output
+    except (InputError, UnicodeDecodeError) as exc:
+        fail(str(exc))
+        return
+    engine = ContextEngine(s)
+    try:
+        pipe = engine.pipeline(method, stages=[x for x in s.stages if x != "retrieve"])
+    except ValueError as exc:
+        fail(str(exc), 2)
+        return
+    tokens_in = tokens_out = 0
+    with atomic_write(output) as fh:
+        for req in tqdm(requests, desc="compress", unit="q", disable=len(requests) < 2):
+            ctx = pipe.run(req.question, req.passages, b, seed=s.seed)
+            tokens_in += ctx.tokens_in
+            tokens_out += ctx.tokens_out
+            fh.write(json.dumps(ctx.to_dict(), ensure_ascii=False) + "\n")
+    ratio = tokens_out / tokens_in if tokens_in else 1.0
+    err.print(f"wrote {len(requests)} contexts to {output}: {tokens_in} -> {tokens_out} tokens ({ratio:.2f})")
+
+
+@app.command()
+def bench(
+    n: Annotated[int, typer.Option("--n", help="Dev questions to evaluate.")] = 100,
+    reader_limit: Annotated[
+        int, typer.Option("--reader-limit", help="Questions (of the n) the reader answers; 0 = none.")
+    ] = 40,
+    rates: Annotated[str, typer.Option("--rates", help="Comma-separated target rates.")] = "0.5,0.25",
+    methods: Annotated[
+        str, typer.Option("--methods", help="Comma-separated methods (see `ragctx stages`).")
+    ] = "truncate,random-drop,budget",
+    data: Annotated[Path | None, typer.Option("--data", help="nq20_dev.jsonl.gz (default: ../shared/data).")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder for bench.json, bench.md, bench.png.")] = Path(
+        "bench-out"
+    ),
+    config: ConfigOpt = None,
+) -> None:
+    """Measure methods on NQ-20: tokens, kept ratio, answer recall, reader accuracy, ms per stage."""
+    from ragctx.bench.harness import BenchConfig, find_nq20, run_bench
+
+    s = settings_or_exit(config)
+    path = data or find_nq20()
+    if path is None or not path.is_file():
+        fail("NQ-20 dev data not found; pass --data PATH/nq20_dev.jsonl.gz")
+        return
+    try:
+        cfg = BenchConfig(
+            data=path,
+            n=n,
+            reader_limit=reader_limit,
+            rates=[float(x) for x in rates.split(",") if x.strip()],
+            methods=[x.strip() for x in methods.split(",") if x.strip()],
+            out=out,
+        )
+    except ValueError as exc:
+        fail(str(exc), 2)
+        return
+    report = run_bench(s, cfg)
+    console.print(report.markdown, markup=False, highlight=False)
+    console.print(f"wrote {out}/bench.json, bench.md, bench.png")
+
+
+@app.command()
+def demo(
+    question: Annotated[str, typer.Argument(help="Question to ask the sample corpus.")] = "how many episodes are there in dragon ball z",
+    budget: BudgetOpt = 300,
+    config: ConfigOpt = None,
+    index_dir: IndexDirOpt = None,
+) -> None:
+    """Index the bundled sample corpus (Wikipedia, CC BY-SA) once and answer one question from it."""
+    from ragctx.engine import ContextEngine
+    from ragctx.indexes.faiss_index import FaissIndex
+    from ragctx.indexes.loaders import read_documents
+    from ragctx.sample import sample_corpus_path
+
+    s = settings_or_exit(config, index_dir=index_dir)
+    directory = s.resolved_index_dir()
+    engine = ContextEngine(s)
+    if not (directory / "manifest.json").exists():
+        started = time.perf_counter()
+        idx = FaissIndex.build(
+            directory, read_documents([sample_corpus_path()], s.chunk_words), engine.models.embedder(),
+            embedder_name=s.embedder, index_type=s.index_type, progress=True,
+        )
+        err.print(f"indexed the sample corpus: {len(idx)} passages in {time.perf_counter() - started:.1f} s")
+    console.print(f"[bold]question:[/] {question}", highlight=False)
+    ctx = engine.run(question, budget=budget_or_exit(s, budget, None))
+    print_context(ctx)
+
+
+@app.command("stages")
+def list_stages() -> None:
+    """List the pipeline stages and compression methods."""
+    table = Table(title="stages")
+    table.add_column("name")
+    table.add_column("what it does")
+    for name, text in STAGE_HELP.items():
+        table.add_row(name, text)
+    console.print(table)
+
+
+@app.command("config")
+def show_config(
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print the documented table of keys.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Print the effective configuration (or every key with its default)."""
+    if markdown:
+        console.print(settings_markdown(), markup=False, highlight=False)
+        return
+    s = settings_or_exit(config)
+    console.print_json(s.model_dump_json())
+
+
+if __name__ == "__main__":
+    app()

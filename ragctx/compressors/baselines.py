@@ -1,0 +1,49 @@
+"""Baseline compressors: keep-in-order (sentence budget), token truncation, seeded random sentence drop."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ragctx.compressors.selection import Granularity, Unit
+from ragctx.pipeline.state import PipelineState
+
+
+def _in_order(units: Sequence[Unit]) -> list[float]:
+    # Earlier units (in the current passage order) score higher, so a budget keeps a prefix.
+    return [-float(i) for i in range(len(units))]
+
+
+@dataclass
+class SentenceBudget:
+    """Keeps whole sentences in the current passage order until the budget is spent."""
+
+    name: str = "budget"
+    granularity: Granularity = "sentence"
+
+    def score(self, state: PipelineState, units: Sequence[Unit]) -> list[float]:
+        return _in_order(units)
+
+
+@dataclass
+class Truncation:
+    """Keeps the first tokens of the context, the usual baseline: cuts mid-sentence."""
+
+    name: str = "truncate"
+    granularity: Granularity = "token"
+
+    def score(self, state: PipelineState, units: Sequence[Unit]) -> list[float]:
+        return _in_order(units)
+
+
+@dataclass
+class RandomSentenceDrop:
+    """Keeps random sentences (seeded by the request's seed), a floor any method must beat."""
+
+    name: str = "random-drop"
+    granularity: Granularity = "sentence"
+
+    def score(self, state: PipelineState, units: Sequence[Unit]) -> list[float]:
+        rng = random.Random(state.seed)
+        return [rng.random() for _ in units]

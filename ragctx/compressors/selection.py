@@ -1,0 +1,144 @@
+"""Selection, written once for every compressor: threshold, top-k, then a token budget.
+
+A compressor only scores units (tokens, sentences, passages); this module decides which units stay, and
+`CompressStage` checks the rendered context against the budget with the target tokenizer, so the budget
+holds exactly whatever the joins between spans cost.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from ragctx.pipeline.state import Budget, PipelineState, TokenCounting, merge_spans, passage_header, render
+from ragctx.segmentation import TokenCounter, sub_sentence_offsets
+
+Granularity = Literal["token", "sentence", "passage"]
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A candidate span: `passage_index` into the state's passages, offsets into that passage's text."""
+
+    passage_index: int
+    start: int
+    end: int
+
+
+class UnitScorer(Protocol):
+    """What a compression method implements: one score per unit, higher = keep first."""
+
+    name: str
+    granularity: Granularity
+
+    def score(self, state: PipelineState, units: Sequence[Unit]) -> list[float]: ...
+
+
+def make_units(state: PipelineState, granularity: Granularity, counter: TokenCounter) -> list[Unit]:
+    units: list[Unit] = []
+    for i, result in enumerate(state.passages):
+        text = result.passage.text
+        for span in result.spans:
+            if granularity == "passage":
+                pieces = [(span.start, span.end)]
+            elif granularity == "sentence":
+                pieces = sub_sentence_offsets(text, span.start, span.end)
+            else:
+                pieces = counter.token_offsets(text, span.start, span.end)
+            units.extend(Unit(i, a, b) for a, b in pieces)
+    return units
+
+
+def choose(
+    units: Sequence[Unit],
+    scores: Sequence[float],
+    costs: Sequence[int],
+    header_costs: Sequence[int],
+    budget: Budget,
+    limit: int | None,
+) -> list[bool]:
+    """Which units to keep: those passing threshold and top-k, then greedily by score within `limit`.
+
+    A unit's cost is its own tokens plus its passage's header the first time the passage is used. Ties keep
+    the earlier unit. A unit that does not fit is skipped and smaller later ones may still fit.
+    """
+    n = len(units)
+    candidates = [i for i in range(n) if budget.threshold is None or scores[i] >= budget.threshold]
+    candidates.sort(key=lambda i: (-scores[i], i))
+    if budget.top_k is not None:
+        candidates = candidates[: budget.top_k]
+    keep = [False] * n
+    used = 0
+    opened: set[int] = set()
+    for i in candidates:
+        p = units[i].passage_index
+        cost = costs[i] + (0 if p in opened else header_costs[p])
+        if limit is not None and used + cost > limit:
+            continue
+        keep[i] = True
+        used += cost
+        opened.add(p)
+    return keep
+
+
+@dataclass
+class CompressStage:
+    """Scores units with one method and keeps what the shared selection allows."""
+
+    scorer: UnitScorer
+    counter: TokenCounter
+
+    @property
+    def name(self) -> str:
+        return self.scorer.name
+
+    def run(self, state: PipelineState) -> None:
+        tokens_in = state.reference_tokens or self.counter.count(render(state.passages))
+        limit = state.budget.limit(tokens_in)
+        b = state.budget
+        if limit is None and b.threshold is None and b.top_k is None:
+            state.notes["skipped"] = "no budget, rate, threshold or top_k"
+            return
+        units = make_units(state, self.scorer.granularity, self.counter)
+        started = time.perf_counter()
+        scores = self.scorer.score(state, units)
+        state.notes["score_ms"] = round((time.perf_counter() - started) * 1000, 3)
+        texts = [state.passages[u.passage_index].passage.text[u.start : u.end] for u in units]
+        costs = self.counter.count_many(texts) if self.scorer.granularity != "token" else [1] * len(units)
+        headers = self.counter.count_many(
+            [passage_header(i + 1, r.passage) for i, r in enumerate(state.passages)]
+        )
+        keep = choose(units, scores, costs, headers, state.budget, limit)
+        self._apply(state, units, keep)
+        if limit is not None:
+            self._enforce(state, units, scores, keep, limit)
+        state.notes["units"] = len(units)
+        state.notes["kept_units"] = sum(keep)
+
+    def _apply(self, state: PipelineState, units: Sequence[Unit], keep: Sequence[bool]) -> None:
+        ranges: dict[int, list[tuple[int, int]]] = {i: [] for i in range(len(state.passages))}
+        for u, k in zip(units, keep, strict=True):
+            if k:
+                ranges[u.passage_index].append((u.start, u.end))
+        for i, result in enumerate(state.passages):
+            result.spans = merge_spans(result.passage, ranges[i])
+
+    def _enforce(
+        self,
+        state: PipelineState,
+        units: Sequence[Unit],
+        scores: Sequence[float],
+        keep: list[bool],
+        limit: int,
+    ) -> None:
+        """Drop the lowest-scored kept units until the rendered context fits: joins cost tokens too."""
+        order = sorted((i for i in range(len(units)) if keep[i]), key=lambda i: (scores[i], -i))
+        while self.counter.count(render(state.passages)) > limit and order:
+            keep[order.pop(0)] = False
+            self._apply(state, units, keep)
+
+
+def fits(counter: TokenCounting, state: PipelineState, limit: int) -> bool:
+    return counter.count(render(state.passages)) <= limit

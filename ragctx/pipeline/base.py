@@ -1,0 +1,79 @@
+"""A pipeline is a list of named stages run top to bottom over one `PipelineState`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from ragctx.pipeline.state import Budget, PipelineState, TokenCounting, render
+from ragctx.types import CompressedContext, Passage, StageStats
+
+
+class Stage(Protocol):
+    """One step of the pipeline. It edits the state in place: the order of passages or their kept spans."""
+
+    name: str
+
+    def run(self, state: PipelineState) -> None: ...
+
+
+@dataclass
+class Pipeline:
+    stages: Sequence[Stage]
+    counter: TokenCounting
+    tokenizer_name: str = ""
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.stages]
+
+    def run(
+        self,
+        question: str,
+        passages: list[Passage] | None = None,
+        budget: Budget | None = None,
+        seed: int = 0,
+    ) -> CompressedContext:
+        """Run every stage; `passages` given by the caller replace retrieval."""
+        if not question.strip():
+            raise ValueError("the question is empty")
+        state = PipelineState(question=question, budget=budget or Budget(), seed=seed)
+        if passages:
+            _check_unique_ids(passages)
+            state.set_passages(passages)
+        stats: list[StageStats] = []
+        tokens = self.counter.count(render(state.passages))
+        if state.passages:
+            state.reference_tokens = tokens
+        for stage in self.stages:
+            state.notes = {}
+            started = time.perf_counter()
+            stage.run(state)
+            ms = (time.perf_counter() - started) * 1000
+            tokens_in = tokens
+            tokens = self.counter.count(render(state.passages))
+            if state.reference_tokens is None and state.passages:
+                state.reference_tokens = tokens
+            cache_hits = state.notes.pop("cache_hits", 0)
+            stats.append(
+                StageStats(stage.name, tokens_in, tokens, round(ms, 3), int(cache_hits), dict(state.notes))  # type: ignore[call-overload]
+            )
+        return CompressedContext(
+            question=question,
+            text=render(state.passages),
+            passages=state.passages,
+            stats=stats,
+            tokenizer=self.tokenizer_name,
+            tokens_in=state.reference_tokens or 0,
+            tokens_out=tokens,
+        )
+
+
+def _check_unique_ids(passages: list[Passage]) -> None:
+    seen: set[str] = set()
+    for p in passages:
+        if p.id in seen:
+            raise ValueError(f"passage id {p.id!r} appears twice; ids must be unique within a request")
+        seen.add(p.id)

@@ -1,0 +1,73 @@
+"""Stage names and how each is built. Later methods register here, and only here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ragctx.compressors.baselines import RandomSentenceDrop, SentenceBudget, Truncation
+from ragctx.compressors.selection import CompressStage, UnitScorer
+from ragctx.reordering.orders import ORDER_NAMES, ReorderStage
+
+if TYPE_CHECKING:
+    from ragctx.config import Settings
+    from ragctx.indexes.base import Retriever
+    from ragctx.pipeline.base import Stage
+    from ragctx.segmentation import TokenCounter
+
+COMPRESSORS: dict[str, type] = {
+    "budget": SentenceBudget,
+    "truncate": Truncation,
+    "random-drop": RandomSentenceDrop,
+}
+
+STAGE_HELP: dict[str, str] = {
+    "retrieve": "top-k passages from the index (skipped when the caller gives passages)",
+    "dedup": "drop near-duplicate passages (word 3-shingle Jaccard >= dedup_threshold)",
+    "reorder-lim-langchain": "lost in the middle, LangChain's rule (input order = relevance)",
+    "reorder-lim-llamaindex": "lost in the middle, LlamaIndex's rule (sorts by retrieval score)",
+    "reorder-inverse": "reverse the order: the best passage ends next to the question",
+    "reorder-shuffle": "seeded random order",
+    "budget": "keep whole sentences in order until the budget is spent",
+    "truncate": "keep the first tokens (cuts mid-sentence)",
+    "random-drop": "keep random sentences within the budget (seeded)",
+}
+
+
+def known_stage_names() -> set[str]:
+    return set(STAGE_HELP)
+
+
+def compression_methods() -> list[str]:
+    return ["none", *COMPRESSORS]
+
+
+def with_method(stages: list[str], method: str | None) -> list[str]:
+    """Replace the compression stage(s) of `stages` by `method` (`none` removes them)."""
+    if method is None:
+        return list(stages)
+    if method != "none" and method not in COMPRESSORS:
+        raise ValueError(f"unknown method {method!r}; known: {compression_methods()}")
+    out = [s for s in stages if s not in COMPRESSORS]
+    return out if method == "none" else [*out, method]
+
+
+@dataclass
+class StageFactory:
+    settings: Settings
+    counter: TokenCounter
+    retriever: Retriever | None
+
+    def build(self, name: str) -> Stage:
+        from ragctx.pipeline.stages import DedupStage, RetrieveStage
+
+        if name == "retrieve":
+            return RetrieveStage(self.retriever, self.settings.top_k)
+        if name == "dedup":
+            return DedupStage(self.settings.dedup_threshold)
+        if name in ORDER_NAMES:
+            return ReorderStage(name)
+        if name in COMPRESSORS:
+            scorer: UnitScorer = COMPRESSORS[name]()
+            return CompressStage(scorer, self.counter)
+        raise ValueError(f"unknown stage {name!r}; known: {sorted(known_stage_names())}")

@@ -1,0 +1,66 @@
+"""Configuration: environment, TOML file, defaults; invalid values fail naming the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from ragctx.config import ConfigError, Settings, load_settings, settings_markdown
+
+
+def test_defaults_are_the_embedded_models_and_the_foundation_pipeline(monkeypatch):
+    for key in list(__import__("os").environ):
+        if key.startswith("RAGCTX_"):
+            monkeypatch.delenv(key)
+    s = load_settings()
+    assert s.embedder == "default" and s.scorer_model == "default"
+    assert s.stages == ["retrieve", "dedup", "budget"]
+    assert s.redis_url is None
+
+
+def test_environment_overrides_toml_which_overrides_defaults(tmp_path, monkeypatch):
+    cfg = tmp_path / "ragctx.toml"
+    cfg.write_text('top_k = 7\nindex_type = "hnsw"\nstages = ["retrieve", "truncate"]\n')
+    monkeypatch.setenv("RAGCTX_TOP_K", "9")
+    s = load_settings(cfg)
+    assert s.top_k == 9
+    assert s.index_type == "hnsw"
+    assert s.stages == ["retrieve", "truncate"]
+
+
+def test_invalid_environment_value_names_the_variable(monkeypatch):
+    monkeypatch.setenv("RAGCTX_TOP_K", "0")
+    with pytest.raises(ConfigError, match="RAGCTX_TOP_K"):
+        load_settings()
+
+
+def test_invalid_toml_value_names_the_key_and_file(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('rate = 1.5\n')
+    with pytest.raises(ConfigError, match=r"`rate` in .*bad\.toml"):
+        load_settings(cfg)
+
+
+def test_unknown_toml_key_and_unknown_stage_are_rejected(tmp_path):
+    cfg = tmp_path / "typo.toml"
+    cfg.write_text("topk = 3\n")
+    with pytest.raises(ConfigError, match="topk"):
+        load_settings(cfg)
+    cfg.write_text('stages = ["retrieve", "compress-all"]\n')
+    with pytest.raises(ConfigError, match="compress-all"):
+        load_settings(cfg)
+
+
+def test_missing_or_broken_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.toml")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("top_k = \n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(broken)
+
+
+def test_every_key_is_documented():
+    table = settings_markdown()
+    for name, field in Settings.model_fields.items():
+        assert field.description, name
+        assert f"`RAGCTX_{name.upper()}`" in table

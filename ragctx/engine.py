@@ -56,7 +56,8 @@ class ContextEngine:
     def pipeline(self, method: str | None = None, stages: list[str] | None = None) -> Pipeline:
         names = with_method(stages if stages is not None else self.settings.stages, method)
         needs_retriever = "retrieve" in names
-        factory = StageFactory(self.settings, self.counter, self.retriever if needs_retriever else None)
+        retriever = self.retriever if needs_retriever else None
+        factory = StageFactory(self.settings, self.counter, retriever, self.models)
         return Pipeline([factory.build(n) for n in names], self.counter, self.counter.name)
 
     def default_budget(self) -> Budget:

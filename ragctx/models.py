@@ -91,8 +91,8 @@ def convert_gguf(gguf: Path, cache_dir: Path) -> Path:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         # The de-quantised weights are plain tensors; drop the GGUF marker so save_pretrained accepts them.
-        model.hf_quantizer = None
-        model.is_quantized = False
+        model.hf_quantizer = None  # type: ignore[assignment]
+        model.is_quantized = False  # type: ignore[misc,assignment]
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -151,7 +151,7 @@ def load_lm(spec: str, cache_dir: Path, device: str = "auto") -> LanguageModel:
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     dtype = torch.bfloat16 if dev == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(dev).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(dev).eval()  # type: ignore[arg-type]
     return LanguageModel(name=spec, model=model, tokenizer=tok)
 
 
@@ -162,7 +162,9 @@ def load_embedder(spec: str, device: str = "auto") -> SentenceTransformer:
     path = str(default_embedder_path()) if spec == "default" else spec
     if _is_local(path) and not Path(path).expanduser().is_dir():
         raise ModelNotFoundError(f"embedder folder {path} does not exist")
-    return SentenceTransformer(str(Path(path).expanduser()) if _is_local(path) else path, device=pick_device(device))
+    return SentenceTransformer(
+        str(Path(path).expanduser()) if _is_local(path) else path, device=pick_device(device)
+    )
 
 
 def load_tokenizer(spec: str, cache_dir: Path) -> PreTrainedTokenizerBase:

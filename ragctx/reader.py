@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ragctx.models import LanguageModel
 
@@ -22,7 +23,7 @@ def qa_prompt(question: str, context: str | None) -> str:
 @dataclass
 class LocalReader:
     lm: LanguageModel
-    max_new_tokens: int = 16
+    max_new_tokens: int = 12
 
     def answer(self, question: str, context: str | None) -> str:
         """Greedy answer; `context=None` asks closed-book."""
@@ -30,15 +31,17 @@ class LocalReader:
 
         tok = self.lm.tokenizer
         messages = [{"role": "user", "content": qa_prompt(question, context)}]
-        enc = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        enc: Any = tok.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
         input_ids = enc["input_ids"].to(self.lm.device)
         with torch.inference_mode():
-            out = self.lm.model.generate(
+            out: Any = self.lm.model.generate(  # type: ignore[operator]
                 input_ids,
                 attention_mask=enc["attention_mask"].to(self.lm.device),
                 max_new_tokens=self.max_new_tokens,
                 do_sample=False,
                 pad_token_id=tok.pad_token_id,
             )
-        text: str = tok.decode(out[0, input_ids.shape[1] :], skip_special_tokens=True)
-        return text.strip().split("\n")[0]
+        text: Any = tok.decode(out[0, input_ids.shape[1] :], skip_special_tokens=True)
+        return str(text).strip().split("\n")[0]

@@ -35,7 +35,7 @@ def test_invalid_environment_value_names_the_variable(monkeypatch):
 
 def test_invalid_toml_value_names_the_key_and_file(tmp_path):
     cfg = tmp_path / "bad.toml"
-    cfg.write_text('rate = 1.5\n')
+    cfg.write_text("rate = 1.5\n")
     with pytest.raises(ConfigError, match=r"`rate` in .*bad\.toml"):
         load_settings(cfg)
 

@@ -79,7 +79,9 @@ def test_random_drop_is_reproducible_for_a_seed(engine, nq20_rows):
 
 def test_threshold_and_top_k_select_before_the_budget(engine, nq20_rows):
     row = nq20_rows[4]
-    ctx = engine.run(row["question"], passages_of(row), method="budget", budget=Budget(top_k=3), stages=["budget"])
+    ctx = engine.run(
+        row["question"], passages_of(row), method="budget", budget=Budget(top_k=3), stages=["budget"]
+    )
     assert sum(len(p.spans) for p in ctx.passages) <= 3
     assert len([p for p in ctx.passages if p.spans]) == 1  # the first three sentences of passage one
 

@@ -49,15 +49,25 @@ class Question:
     gold_index: int
 
 
-def load_nq20(path: Path, n: int) -> list[Question]:
-    out = []
+def load_nq20(path: Path, n: int, skip: int = 0, passages_per_question: int | None = None) -> list[Question]:
+    """The first `n` questions after `skip`; with `passages_per_question` K, the gold passage and the
+    first K-1 others, in their original relative order."""
+    out: list[Question] = []
     with gzip.open(path, "rt", encoding="utf-8") as fh:
-        for line in fh:
+        for i, line in enumerate(fh):
             if len(out) >= n:
                 break
+            if i < skip:
+                continue
             row = json.loads(line)
             passages = [Passage(id=p["id"], title=p["title"], text=p["text"]) for p in row["passages"]]
-            out.append(Question(str(row["qid"]), row["question"], row["answers"], passages, row["gold_index"]))
+            gold = row["gold_index"]
+            if passages_per_question is not None and passages_per_question < len(passages):
+                others = [j for j in range(len(passages)) if j != gold][: passages_per_question - 1]
+                keep = sorted({gold, *others})
+                gold = keep.index(gold)
+                passages = [passages[j] for j in keep]
+            out.append(Question(str(row["qid"]), row["question"], row["answers"], passages, gold))
     return out
 
 
@@ -65,10 +75,11 @@ def load_nq20(path: Path, n: int) -> list[Question]:
 class BenchConfig:
     data: Path
     n: int = 100
-    reader_limit: int = 40
+    reader_limit: int = 20
     rates: list[float] = field(default_factory=lambda: [0.5, 0.25])
-    methods: list[str] = field(default_factory=lambda: ["truncate", "random-drop", "budget"])
+    methods: list[str] = field(default_factory=lambda: ["truncate", "random-drop"])
     out: Path = Path("bench-out")
+    passages: int | None = None  # passages per question (gold kept); None = all 20
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -79,7 +90,9 @@ class BenchConfig:
             raise ValueError("--rates must be in (0, 1]")
         unknown = [m for m in self.methods if m not in known_stage_names() or m in ("retrieve",)]
         if unknown:
-            raise ValueError(f"unknown method(s) {unknown}; known: {sorted(known_stage_names() - {'retrieve'})}")
+            raise ValueError(
+                f"unknown method(s) {unknown}; known: {sorted(known_stage_names() - {'retrieve'})}"
+            )
 
 
 @dataclass
@@ -129,8 +142,10 @@ def _row(method: str, rate: float | None, samples: list[dict[str, Any]], reader_
 
 
 def run_bench(settings: Settings, cfg: BenchConfig) -> BenchReport:
-    questions = load_nq20(cfg.data, cfg.n)
+    questions = load_nq20(cfg.data, cfg.n, passages_per_question=cfg.passages)
     engine = ContextEngine(settings)
+    if "attnrank" in cfg.methods:
+        _ensure_attnrank_profile(engine, cfg, len(questions[0].passages))
     reader = LocalReader(engine.models.reader()) if cfg.reader_limit else None
     full_tokens: list[int] = []
 
@@ -155,7 +170,9 @@ def run_bench(settings: Settings, cfg: BenchConfig) -> BenchReport:
         samples = []
         label = method if rate is None else f"{method}@{rate}"
         for i, q in enumerate(tqdm(questions, desc=label, unit="q", leave=False)):
-            ctx = pipe.run(q.question, q.passages, Budget(rate=rate) if rate else Budget(), seed=settings.seed)
+            ctx = pipe.run(
+                q.question, q.passages, Budget(rate=rate) if rate else Budget(), seed=settings.seed
+            )
             if method == "none":
                 full_tokens.append(ctx.tokens_in)
             sample: dict[str, Any] = {
@@ -196,6 +213,7 @@ def run_bench(settings: Settings, cfg: BenchConfig) -> BenchReport:
     meta = {
         "data": str(cfg.data),
         "n": cfg.n,
+        "passages_per_question": len(questions[0].passages),
         "reader_limit": cfg.reader_limit,
         "tokenizer": engine.counter.name,
         "reader": settings.reader_model,
@@ -205,11 +223,24 @@ def run_bench(settings: Settings, cfg: BenchConfig) -> BenchReport:
     md = to_markdown(rows, meta)
     cfg.out.mkdir(parents=True, exist_ok=True)
     with atomic_write(cfg.out / "bench.json") as fh:
-        json.dump({"meta": meta, "rows": [asdict(r) for r in rows], "per_question": per_question}, fh, indent=1)
+        json.dump(
+            {"meta": meta, "rows": [asdict(r) for r in rows], "per_question": per_question}, fh, indent=1
+        )
     with atomic_write(cfg.out / "bench.md") as fh:
         fh.write(md + "\n")
     plot(rows, cfg.out / "bench.png")
     return BenchReport(rows, meta, md)
+
+
+def _ensure_attnrank_profile(engine: ContextEngine, cfg: BenchConfig, k: int) -> None:
+    """Calibrate on 20 dev questions that follow the evaluated ones (no overlap) if no profile exists."""
+    from ragctx.calibration import attnrank_path, calibrate_attnrank
+
+    lm = engine.models.reader()
+    cache = engine.settings.resolved_cache_dir()
+    if not attnrank_path(cache, lm, k).is_file():
+        held_out = load_nq20(cfg.data, 20, skip=cfg.n, passages_per_question=k)
+        calibrate_attnrank(lm, cache, k, [(q.question, q.passages) for q in held_out])
 
 
 def _fmt(x: float | None, digits: int = 2) -> str:
@@ -218,7 +249,8 @@ def _fmt(x: float | None, digits: int = 2) -> str:
 
 def to_markdown(rows: list[Row], meta: dict[str, Any]) -> str:
     lines = [
-        f"NQ-20 dev, first {meta['n']} questions; reader accuracy on the first {meta['reader_limit']}; "
+        f"NQ-20 dev, first {meta['n']} questions, {meta['passages_per_question']} passages each; "
+        f"reader accuracy on the first {meta['reader_limit']}; "
         f"tokens counted with {meta['tokenizer']}.",
         "",
         "| method | target rate | tokens in | tokens out | kept ratio | answer recall | reader acc. (n) "
@@ -255,7 +287,9 @@ def plot(rows: list[Row], path: Path) -> None:
             axes[0].plot(xs, [r.reader_accuracy or 0 for r in rs], marker, label=method)
         if any(r.answer_recall is not None for r in rs):
             axes[1].plot(xs, [r.answer_recall or 0 for r in rs], marker, label=method)
-    axes[0].set(xlabel="kept ratio (tokens out / tokens in)", ylabel="reader accuracy", title="Reader accuracy")
+    axes[0].set(
+        xlabel="kept ratio (tokens out / tokens in)", ylabel="reader accuracy", title="Reader accuracy"
+    )
     axes[1].set(xlabel="kept ratio (tokens out / tokens in)", ylabel="answer recall", title="Answer recall")
     for ax in axes:
         ax.grid(alpha=0.3)

@@ -14,7 +14,8 @@ from ragctx.types import CompressedContext, Passage, StageStats
 class Stage(Protocol):
     """One step of the pipeline. It edits the state in place: the order of passages or their kept spans."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def run(self, state: PipelineState) -> None: ...
 

@@ -12,6 +12,7 @@ from ragctx.reordering.orders import ORDER_NAMES, ReorderStage
 if TYPE_CHECKING:
     from ragctx.config import Settings
     from ragctx.indexes.base import Retriever
+    from ragctx.models import ModelRegistry
     from ragctx.pipeline.base import Stage
     from ragctx.segmentation import TokenCounter
 
@@ -28,6 +29,9 @@ STAGE_HELP: dict[str, str] = {
     "reorder-lim-llamaindex": "lost in the middle, LlamaIndex's rule (sorts by retrieval score)",
     "reorder-inverse": "reverse the order: the best passage ends next to the question",
     "reorder-shuffle": "seeded random order",
+    "label": "label passages relevant / distracting / irrelevant (relevance + distracting effect); policy",
+    "attention-sort": "attention sorting: most-attended passage last, next to the question (k rounds)",
+    "attnrank": "AttnRank: most relevant passage into the model's most attended slot (calibrated profile)",
     "budget": "keep whole sentences in order until the budget is spent",
     "truncate": "keep the first tokens (cuts mid-sentence)",
     "random-drop": "keep random sentences within the budget (seeded)",
@@ -57,6 +61,7 @@ class StageFactory:
     settings: Settings
     counter: TokenCounter
     retriever: Retriever | None
+    models: ModelRegistry
 
     def build(self, name: str) -> Stage:
         from ragctx.pipeline.stages import DedupStage, RetrieveStage
@@ -67,6 +72,31 @@ class StageFactory:
             return DedupStage(self.settings.dedup_threshold)
         if name in ORDER_NAMES:
             return ReorderStage(name)
+        s = self.settings
+        if name == "label":
+            from ragctx.scoring.labels import LabelStage
+
+            embedder = self.models.embedder() if s.relevance_source == "embedding" else None
+            return LabelStage(
+                self.models.scorer(),
+                embedder,
+                s.resolved_cache_dir(),
+                s.relevance_source,
+                s.relevance_threshold,
+                s.de_threshold,
+                s.distractor_policy,
+            )
+        if name == "attention-sort":
+            from ragctx.reordering.attention import AttentionSortStage
+
+            layers = tuple(s.attention_layers) if s.attention_layers else None
+            return AttentionSortStage(
+                self.models.reader(), s.attention_sort_rounds, layers, s.attention_aggregate
+            )
+        if name == "attnrank":
+            from ragctx.reordering.attention import AttnRankStage
+
+            return AttnRankStage(self.models.reader(), s.resolved_cache_dir())
         if name in COMPRESSORS:
             scorer: UnitScorer = COMPRESSORS[name]()
             return CompressStage(scorer, self.counter)

@@ -1,0 +1,158 @@
+"""Per-model calibrations, stored as JSON in the cache directory and reused.
+
+- Abstention check (distracting effect): the scorer must actually abstain on unrelated passages, or DE
+  is noise. Measured on unrelated (question, passage) pairs of the bundled sample.
+- AttnRank positional profile (Yi et al. 2025, algorithms.md §4.2): the attention the last prompt
+  position pays to each of K slots, per layer, averaged over calibration prompts; the layer used is the
+  shallowest whose profile is basin-shaped (edges / middle >= 1.3), else the one with the highest ratio.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ragctx.io import atomic_write
+from ragctx.models import LanguageModel
+from ragctx.reordering.prompt import slotted_prompt, template_id
+from ragctx.sample import load_sample
+from ragctx.scoring.distraction import DistractionScorer
+from ragctx.scoring.lm_attention import HeadSelection, question_attention
+from ragctx.types import Passage, PassageResult, Span
+
+ABSTAIN_MAX_MEAN_DE = 0.5  # mean DE on unrelated passages above this: the model ignores the instruction
+BASIN_MIN_EDGE_RATIO = 1.3
+
+
+def model_slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")[-80:] or "model"
+
+
+@dataclass
+class AbstentionCheck:
+    model: str
+    pairs: int
+    mean_de_unrelated: float
+    follows_abstention: bool
+
+
+def _path(cache_dir: Path, kind: str, name: str) -> Path:
+    return cache_dir.expanduser() / "calibration" / kind / f"{name}.json"
+
+
+def check_abstention(lm: LanguageModel, cache_dir: Path, pairs: int = 16, seed: int = 0) -> AbstentionCheck:
+    """DE of each sample question against another question's gold passage (unrelated by construction)."""
+    path = _path(cache_dir, "abstention", model_slug(lm.name))
+    if path.is_file():
+        return AbstentionCheck(**json.loads(path.read_text()))
+    questions, passages = load_sample()
+    rng = random.Random(seed)
+    scorer = DistractionScorer(lm)
+    values: list[float] = []
+    for q in questions[:pairs]:
+        other = rng.choice([x for x in questions if x["gold_id"] != q["gold_id"]])
+        row = passages[str(other["gold_id"])]
+        values += scorer.score(str(q["question"]), [Passage(row["id"], row["text"], row["title"])])
+    mean = sum(values) / len(values)
+    check = AbstentionCheck(lm.name, len(values), mean, mean <= ABSTAIN_MAX_MEAN_DE)
+    with atomic_write(path) as fh:
+        json.dump(asdict(check), fh, indent=1)
+    return check
+
+
+@dataclass
+class AttnRankProfile:
+    model: str
+    template: str
+    k: int
+    prompts: int
+    layer: int
+    edge_ratio: float
+    profile: list[float]  # attention per slot at `layer`, slots 0..k-1
+    position_order: list[int]  # slots from most to least attended
+    profiles_per_layer: dict[str, list[float]]
+
+
+def attnrank_path(cache_dir: Path, lm: LanguageModel, k: int) -> Path:
+    return _path(cache_dir, "attnrank", f"{model_slug(lm.name)}-{template_id(lm)}-k{k}")
+
+
+def edge_ratio(profile: list[float]) -> float:
+    if len(profile) < 3:
+        return 1.0
+    middle = sum(profile[1:-1]) / (len(profile) - 2)
+    return ((profile[0] + profile[-1]) / 2) / middle if middle > 0 else float("inf")
+
+
+def calibrate_attnrank(
+    lm: LanguageModel,
+    cache_dir: Path,
+    k: int,
+    prompts: list[tuple[str, list[Passage]]],
+    normalize_by_length: bool = True,
+) -> AttnRankProfile:
+    if k < 2:
+        raise ValueError("AttnRank needs k >= 2 passages")
+    layers = HeadSelection.all_layers(lm)
+    sums: dict[int, torch.Tensor] = {}
+    for question, passages in tqdm(prompts, desc=f"attnrank k={k}", unit="prompt"):
+        if len(passages) != k:
+            raise ValueError(f"every calibration prompt needs exactly {k} passages")
+        results = [PassageResult(p, [Span(p.id, 0, len(p.text))]) for p in passages]
+        sp = slotted_prompt(lm, question, results)
+        att = question_attention(lm, sp.input_ids, layers, window=1, segment_ids=sp.slot_ids, num_segments=k)
+        lengths = torch.tensor([max(n, 1) for n in sp.slot_lengths], dtype=torch.float32)
+        for layer, seg in att.segments_per_layer.items():
+            value = seg / lengths if normalize_by_length else seg
+            sums[layer] = sums.get(layer, torch.zeros(k)) + value
+    per_layer = {layer: (v / len(prompts)).tolist() for layer, v in sorted(sums.items())}
+    ratios = {layer: edge_ratio(p) for layer, p in per_layer.items()}
+    basin = [layer for layer in per_layer if ratios[layer] >= BASIN_MIN_EDGE_RATIO]
+    layer = min(basin) if basin else max(ratios, key=lambda x: ratios[x])
+    chosen = per_layer[layer]
+    order = sorted(range(k), key=lambda s: -chosen[s])
+    profile = AttnRankProfile(
+        model=lm.name,
+        template=template_id(lm),
+        k=k,
+        prompts=len(prompts),
+        layer=layer,
+        edge_ratio=ratios[layer],
+        profile=chosen,
+        position_order=order,
+        profiles_per_layer={str(x): p for x, p in per_layer.items()},
+    )
+    with atomic_write(attnrank_path(cache_dir, lm, k)) as fh:
+        json.dump(asdict(profile), fh, indent=1)
+    return profile
+
+
+def load_attnrank(cache_dir: Path, lm: LanguageModel, k: int) -> AttnRankProfile:
+    path = attnrank_path(cache_dir, lm, k)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no AttnRank profile for model {lm.name!r} and k={k}; run `ragctx calibrate attnrank --k {k}`"
+        )
+    return AttnRankProfile(**json.loads(path.read_text()))
+
+
+def sample_prompts(k: int, count: int, seed: int = 0) -> list[tuple[str, list[Passage]]]:
+    """Calibration prompts from the bundled sample: a question, its gold passage and k-1 others."""
+    questions, passages = load_sample()
+    rng = random.Random(seed)
+    ids = sorted(passages)
+    out = []
+    for q in questions[:count]:
+        others = rng.sample([i for i in ids if i != q["gold_id"]], k - 1)
+        chosen = [str(q["gold_id"]), *others]
+        rng.shuffle(chosen)
+        out.append(
+            (str(q["question"]), [Passage(i, passages[i]["text"], passages[i]["title"]) for i in chosen])
+        )
+    return out

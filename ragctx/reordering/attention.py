@@ -1,0 +1,82 @@
+"""Model-aware orders: attention sorting (Peysakhovich & Lerer 2023) and AttnRank (Yi et al. 2025).
+
+Attention sorting: one prefill of the reader prompt in the current order; the attention the last prompt
+position pays to each passage's body (selected layers, all heads; sum or per-token mean); a stable sort
+ascending puts the most-attended passage last, next to the question; repeat for k rounds.
+
+AttnRank: the model's positional profile (calibration.py) says which slots get most attention; the
+most relevant passage (the current order is taken as the relevance order) goes to the most attended
+slot, and so on. No model call at query time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from ragctx.calibration import load_attnrank
+from ragctx.models import LanguageModel
+from ragctx.pipeline.state import PipelineState
+from ragctx.reordering.prompt import slotted_prompt
+from ragctx.scoring.lm_attention import HeadSelection, question_attention
+
+
+@dataclass
+class AttentionSortStage:
+    lm: LanguageModel
+    rounds: int = 1
+    layers: tuple[int, ...] | None = None
+    aggregate: Literal["sum", "mean"] = "sum"
+    name: str = "attention-sort"
+
+    def passage_attention(self, question: str, state: PipelineState) -> list[float]:
+        kept = state.kept()
+        sp = slotted_prompt(self.lm, question, kept)
+        selection = HeadSelection(self.layers) if self.layers else HeadSelection.all_layers(self.lm)
+        att = question_attention(
+            self.lm, sp.input_ids, selection, window=1, segment_ids=sp.slot_ids, num_segments=len(kept)
+        )
+        assert att.segments is not None
+        values = att.segments
+        if self.aggregate == "mean":
+            values = values / torch.tensor([max(n, 1) for n in sp.slot_lengths], dtype=torch.float32)
+        return [float(x) for x in values]
+
+    def run(self, state: PipelineState) -> None:
+        dropped = [p for p in state.passages if not p.spans]
+        history = []
+        for _ in range(self.rounds):
+            kept = state.kept()
+            if len(kept) < 2:
+                break
+            scores = self.passage_attention(state.question, state)
+            for p, s in zip(kept, scores, strict=True):
+                p.scores["attention"] = s
+            # sorted() is stable: ties keep the previous relative order.
+            order = sorted(range(len(kept)), key=lambda i: scores[i])
+            state.passages = [kept[i] for i in order] + dropped
+            history.append([p.passage.id for p in state.kept()])
+        state.notes["rounds"] = len(history)
+
+
+@dataclass
+class AttnRankStage:
+    lm: LanguageModel
+    cache_dir: Path
+    name: str = "attnrank"
+
+    def run(self, state: PipelineState) -> None:
+        kept = state.kept()
+        if len(kept) < 2:
+            return
+        profile = load_attnrank(self.cache_dir, self.lm, len(kept))
+        slots: list[int | None] = [None] * len(kept)
+        for rank, slot in enumerate(profile.position_order):
+            slots[slot] = rank
+        placed = [kept[r] for r in slots if r is not None]
+        state.passages = placed + [p for p in state.passages if not p.spans]
+        state.notes["layer"] = profile.layer
+        state.notes["position_order"] = profile.position_order

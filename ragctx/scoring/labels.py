@@ -1,0 +1,79 @@
+"""Label each passage relevant, distracting or irrelevant, and apply a policy to distracting ones.
+
+relevant: relevance >= threshold. distracting: not relevant, yet the scorer would answer from it
+(DE >= de_threshold; "hard distractor" band of Amiraz et al.). irrelevant: the rest. DE alone cannot
+separate relevant from distracting passages (both make the model answer), so it needs relevance.
+When the scorer LM fails the abstention check, DE is not computed (it would be noise) and the stage
+says so in its stats; passages are then only relevant or irrelevant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from ragctx.calibration import check_abstention
+from ragctx.models import LanguageModel
+from ragctx.pipeline.state import PipelineState
+from ragctx.scoring.distraction import DistractionScorer
+from ragctx.scoring.relevance import QueryLikelihoodScorer, embedding_relevance
+
+# Chosen on NQ-20 dev (benchmarks/label_thresholds.py): the threshold that maximises F1 of "holds the
+# answer" over the first 30 dev questions, per relevance source.
+DEFAULT_RELEVANCE_THRESHOLD = {"lm": -2.3, "embedding": 0.55}
+
+
+@dataclass
+class LabelStage:
+    lm: LanguageModel
+    embedder: Any
+    cache_dir: Path
+    relevance_source: Literal["lm", "embedding"] = "lm"
+    relevance_threshold: float | None = None
+    de_threshold: float = 0.8
+    policy: Literal["keep", "drop", "demote"] = "keep"
+    name: str = "label"
+
+    def run(self, state: PipelineState) -> None:
+        kept = state.kept()
+        if not kept:
+            return
+        passages = [p.passage for p in kept]
+        if self.relevance_source == "lm":
+            relevance = QueryLikelihoodScorer(self.lm).score(state.question, passages)
+        else:
+            relevance = embedding_relevance(self.embedder, state.question, passages)
+        threshold = self.relevance_threshold
+        if threshold is None:
+            threshold = DEFAULT_RELEVANCE_THRESHOLD[self.relevance_source]
+        check = check_abstention(self.lm, self.cache_dir)
+        de: list[float | None]
+        if check.follows_abstention:
+            de = list(DistractionScorer(self.lm).score(state.question, passages))
+        else:
+            de = [None] * len(kept)
+            state.notes["distracting_effect"] = (
+                f"not computed: {self.lm.name} does not follow the abstention instruction "
+                f"(mean DE {check.mean_de_unrelated:.2f} on unrelated passages)"
+            )
+        for p, rel, d in zip(kept, relevance, de, strict=True):
+            p.scores["relevance"] = rel
+            if d is not None:
+                p.scores["distracting_effect"] = d
+            if rel >= threshold:
+                p.label = "relevant"
+            elif d is not None and d >= self.de_threshold:
+                p.label = "distracting"
+            else:
+                p.label = "irrelevant"
+        distracting = [p for p in kept if p.label == "distracting"]
+        state.notes["labels"] = {
+            x: sum(p.label == x for p in kept) for x in ("relevant", "distracting", "irrelevant")
+        }
+        if self.policy == "drop":
+            for p in distracting:
+                p.spans = []
+        elif self.policy == "demote":
+            rest = [p for p in state.passages if p.label != "distracting"]
+            state.passages = rest + distracting

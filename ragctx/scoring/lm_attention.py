@@ -1,0 +1,128 @@
+"""Question-to-context attention from a causal LM, with early exit after the deepest layer needed.
+
+Forward pre-hooks on the selected layers' attention modules read the layer input and the rotary
+embeddings, rebuild the post-RoPE queries of the last W positions and the keys of all positions (the
+kvpress recipe, algorithms.md §12.2), and hand them to the head-scoring pass. After the deepest selected
+layer the forward stops: nothing above it is computed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ragctx.kernels import attention_mass
+from ragctx.models import LanguageModel
+
+
+class _StopForward(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class HeadSelection:
+    """Which layers and query heads the pass reads; `heads=None` means all heads of those layers."""
+
+    layers: tuple[int, ...]
+    heads: tuple[int, ...] | None = None
+
+    @staticmethod
+    def all_layers(lm: LanguageModel) -> HeadSelection:
+        return HeadSelection(tuple(range(lm.model.config.num_hidden_layers)))
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x: (B, H, T, d); cos/sin: (B, T, d)
+    return x * cos.unsqueeze(1) + _rotate_half(x) * sin.unsqueeze(1)
+
+
+def _decoder_layers(lm: LanguageModel) -> Sequence[torch.nn.Module]:
+    return lm.model.model.layers  # type: ignore[no-any-return,union-attr]
+
+
+@dataclass
+class QuestionAttention:
+    """Attention mass per token (N,), per segment (S,) if segments were given, and per layer."""
+
+    tokens: torch.Tensor
+    segments: torch.Tensor | None
+    segments_per_layer: dict[int, torch.Tensor]
+
+
+def question_attention(
+    lm: LanguageModel,
+    input_ids: torch.Tensor,
+    selection: HeadSelection,
+    window: int = 1,
+    segment_ids: torch.Tensor | None = None,
+    num_segments: int | None = None,
+) -> QuestionAttention:
+    """Attention mass per token of `input_ids` (1, N) from its last `window` positions.
+
+    Summed over the selected layers and heads, each row a softmax over all visible keys (so a window
+    of W rows through H heads in L layers sums to W*H*L over the sequence).
+    """
+    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+        raise ValueError("question_attention takes one sequence: input_ids of shape (1, N)")
+    layers = _decoder_layers(lm)
+    deepest = max(selection.layers)
+    total = torch.zeros(input_ids.shape[1], dtype=torch.float32)
+    seg_total: torch.Tensor | None = None
+    per_layer: dict[int, torch.Tensor] = {}
+    handles = []
+
+    def make_hook(layer_idx: int):  # type: ignore[no-untyped-def]
+        def hook(module, args, kwargs):  # type: ignore[no-untyped-def]
+            nonlocal total, seg_total
+            hidden = args[0] if args else kwargs["hidden_states"]
+            cos, sin = kwargs["position_embeddings"]
+            b, n, _ = hidden.shape
+            hd = module.head_dim
+            w = min(window, n)
+            q = module.q_proj(hidden[:, -w:]).view(b, w, -1, hd).transpose(1, 2)
+            k = module.k_proj(hidden).view(b, n, -1, hd).transpose(1, 2)
+            if hasattr(module, "q_norm"):  # Qwen3 / Gemma3 normalise q and k before RoPE
+                q, k = module.q_norm(q), module.k_norm(k)
+            q = _apply_rope(q, cos[:, -w:], sin[:, -w:])
+            k = _apply_rope(k, cos, sin)
+            qh = q[0]
+            weights = None
+            if selection.heads is not None:
+                weights = torch.zeros(qh.shape[0])
+                weights[list(selection.heads)] = 1.0
+            mass, seg = attention_mass(
+                qh,
+                k[0],
+                head_weights=weights,
+                segment_ids=segment_ids,
+                num_segments=num_segments,
+                scale=getattr(module, "scaling", None),
+            )
+            total = total + mass.cpu()
+            if seg is not None:
+                seg_total = seg.cpu() if seg_total is None else seg_total + seg.cpu()
+                per_layer[layer_idx] = seg.cpu()
+            if layer_idx == deepest:
+                raise _StopForward
+
+        return hook
+
+    try:
+        for idx in sorted(set(selection.layers)):
+            attn: Any = layers[idx].self_attn
+            handles.append(attn.register_forward_pre_hook(make_hook(idx), with_kwargs=True))
+        with torch.inference_mode(), contextlib.suppress(_StopForward):
+            lm.model(input_ids.to(lm.device), use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return QuestionAttention(total, seg_total, per_layer)

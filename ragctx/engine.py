@@ -6,6 +6,7 @@ import logging
 from functools import cached_property
 from typing import TYPE_CHECKING
 
+from ragctx.compressors.selection import CompressStage
 from ragctx.config import Settings, load_settings
 from ragctx.models import ModelRegistry
 from ragctx.pipeline.base import Pipeline
@@ -58,7 +59,11 @@ class ContextEngine:
         needs_retriever = "retrieve" in names
         retriever = self.retriever if needs_retriever else None
         factory = StageFactory(self.settings, self.counter, retriever, self.models)
-        return Pipeline([factory.build(n) for n in names], self.counter, self.counter.name)
+        built = [factory.build(n) for n in names]
+        compressors = [s for s in built if isinstance(s, CompressStage)]
+        for pre in compressors[:-1]:
+            pre.budget_scale = self.settings.prefilter_scale
+        return Pipeline(built, self.counter, self.counter.name)
 
     def default_budget(self) -> Budget:
         return Budget(tokens=self.settings.budget_tokens, rate=self.settings.rate)

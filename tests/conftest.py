@@ -41,10 +41,13 @@ def passages_of(row: dict) -> list[Passage]:
 
 @pytest.fixture(scope="session")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    # Models convert into the user's cache (shared with the demo, so the GGUF is converted once per
-    # machine); the index goes to a temporary folder.
-    index_dir = tmp_path_factory.mktemp("index")
-    return load_settings(index_dir=index_dir)
+    # Calibrations and the index go to temporary folders so tests never overwrite the user's; converted
+    # models stay in the user's cache (linked), so the GGUF is converted once per machine.
+    user_models = load_settings().resolved_cache_dir() / "models"
+    user_models.mkdir(parents=True, exist_ok=True)
+    cache = tmp_path_factory.mktemp("cache")
+    (cache / "models").symlink_to(user_models, target_is_directory=True)
+    return load_settings(index_dir=tmp_path_factory.mktemp("index"), cache_dir=cache)
 
 
 @pytest.fixture(scope="session")

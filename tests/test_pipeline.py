@@ -145,3 +145,25 @@ def test_bad_requests_fail_with_a_message(engine):
         Budget(tokens=10, rate=0.5)
     with pytest.raises(ValueError, match="unknown method"):
         engine.run("q", [Passage("a", "one")], method="nope")
+
+
+def test_chained_methods_prefilter_with_a_looser_budget_then_meet_it(engine, nq20_rows):
+    row = nq20_rows[6]
+    ctx = engine.run(
+        row["question"], passages_of(row), method="embed-passages+truncate", budget=Budget(tokens=200)
+    )
+    names = [s.name for s in ctx.stats]
+    assert names[-2:] == ["embed-passages", "truncate"]
+    prefilter, final = ctx.stats[-2], ctx.stats[-1]
+    assert 200 < prefilter.tokens_out <= 400
+    assert final.tokens_out <= 200
+
+
+def test_embedding_passage_filter_keeps_the_passage_nearest_to_the_question(engine, nq20_rows):
+    hits = 0
+    for row in nq20_rows[:10]:
+        ctx = engine.run(row["question"], passages_of(row), method="embed-passages", budget=Budget(rate=0.15))
+        kept = {p.passage.id for p in ctx.passages if p.spans}
+        hits += row["passages"][row["gold_index"]]["id"] in kept
+        assert all(not p.spans or p.spans == [p.spans[0]] for p in ctx.passages)  # whole passages only
+    assert hits >= 8

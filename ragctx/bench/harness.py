@@ -88,7 +88,8 @@ class BenchConfig:
             raise ValueError("--reader-limit must be between 0 and --n")
         if not self.rates or any(not 0 < r <= 1 for r in self.rates):
             raise ValueError("--rates must be in (0, 1]")
-        unknown = [m for m in self.methods if m not in known_stage_names() or m in ("retrieve",)]
+        names = known_stage_names() - {"retrieve"}
+        unknown = [m for m in self.methods if any(part not in names for part in m.split("+"))]
         if unknown:
             raise ValueError(
                 f"unknown method(s) {unknown}; known: {sorted(known_stage_names() - {'retrieve'})}"
@@ -160,12 +161,12 @@ def run_bench(settings: Settings, cfg: BenchConfig) -> BenchReport:
 
     configs: list[tuple[str, float | None]] = [("none", None)]
     configs += [(m, None) for m in REORDER_BASELINES]
-    configs += [(m, r) for m in cfg.methods if m in COMPRESSORS for r in cfg.rates]
-    configs += [(m, None) for m in cfg.methods if m not in COMPRESSORS and m not in REORDER_BASELINES]
+    configs += [(m, r) for m in cfg.methods if _compresses(m) for r in cfg.rates]
+    configs += [(m, None) for m in cfg.methods if not _compresses(m) and m not in REORDER_BASELINES]
     rows: list[Row] = []
     per_question: dict[str, list[dict[str, Any]]] = {}
     for method, rate in configs:
-        stages = [] if method == "none" else [method]
+        stages = [] if method == "none" else method.split("+")
         pipe = engine.pipeline(stages=stages)
         samples = []
         label = method if rate is None else f"{method}@{rate}"
@@ -230,6 +231,11 @@ def run_bench(settings: Settings, cfg: BenchConfig) -> BenchReport:
         fh.write(md + "\n")
     plot(rows, cfg.out / "bench.png")
     return BenchReport(rows, meta, md)
+
+
+def _compresses(method: str) -> bool:
+    """A method (or `a+b` chain) with a compression stage: it gets one row per target rate."""
+    return any(part in COMPRESSORS for part in method.split("+"))
 
 
 def _ensure_attnrank_profile(engine: ContextEngine, cfg: BenchConfig, k: int) -> None:

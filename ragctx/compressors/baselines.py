@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ragctx.compressors.selection import Granularity, Unit
 from ragctx.pipeline.state import PipelineState
@@ -47,3 +48,20 @@ class RandomSentenceDrop:
     def score(self, state: PipelineState, units: Sequence[Unit]) -> list[float]:
         rng = random.Random(state.seed)
         return [rng.random() for _ in units]
+
+
+@dataclass
+class EmbeddingPassageFilter:
+    """Keeps whole passages by embedding cosine to the question (the 'embedding top-k' baseline)."""
+
+    embedder: Any
+    name: str = "embed-passages"
+    granularity: Granularity = "passage"
+
+    def score(self, state: PipelineState, units: Sequence[Unit]) -> list[float]:
+        passages = [state.passages[u.passage_index].passage for u in units]
+        texts = [p.text[u.start : u.end] for p, u in zip(passages, units, strict=True)]
+        vecs = self.embedder.encode(
+            [state.question, *texts], normalize_embeddings=True, convert_to_numpy=True
+        )
+        return [float(x) for x in vecs[1:] @ vecs[0]]

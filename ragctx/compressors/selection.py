@@ -7,15 +7,17 @@ holds exactly whatever the joins between spans cost.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from ragctx.pipeline.state import Budget, PipelineState, TokenCounting, merge_spans, passage_header, render
-from ragctx.segmentation import TokenCounter, sub_sentence_offsets
+from ragctx.segmentation import TokenCounter, sentence_offsets, sub_sentence_offsets
 
-Granularity = Literal["token", "sentence", "passage"]
+Granularity = Literal["token", "word", "sentence", "passage"]
+_WORD = re.compile(r"\S+")
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,11 @@ def make_units(state: PipelineState, granularity: Granularity, counter: TokenCou
                 pieces = [(span.start, span.end)]
             elif granularity == "sentence":
                 pieces = sub_sentence_offsets(text, span.start, span.end)
+            elif granularity == "word":
+                pieces = [
+                    (span.start + m.start(), span.start + m.end())
+                    for m in _WORD.finditer(text[span.start : span.end])
+                ]
             else:
                 pieces = counter.token_offsets(text, span.start, span.end)
             units.extend(Unit(i, a, b) for a, b in pieces)
@@ -83,12 +90,49 @@ def choose(
     return keep
 
 
+@dataclass(frozen=True)
+class ForceKeep:
+    """Units that stay whatever their score (still within the budget, kept first)."""
+
+    numbers: bool = False
+    first_sentence: bool = False
+    strings: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return self.numbers or self.first_sentence or bool(self.strings)
+
+    def mask(self, state: PipelineState, units: Sequence[Unit]) -> list[bool]:
+        firsts: dict[int, tuple[int, int]] = {}
+        found: dict[int, list[tuple[int, int]]] = {}
+        out = []
+        for u in units:
+            text = state.passages[u.passage_index].passage.text
+            forced = self.numbers and any(c.isdigit() for c in text[u.start : u.end])
+            if self.first_sentence and not forced:
+                if u.passage_index not in firsts:
+                    sents = sentence_offsets(text)
+                    firsts[u.passage_index] = sents[0] if sents else (0, 0)
+                a, b = firsts[u.passage_index]
+                forced = u.start < b and u.end > a
+            if self.strings and not forced:
+                if u.passage_index not in found:
+                    found[u.passage_index] = [
+                        (m.start(), m.end()) for s in self.strings for m in re.finditer(re.escape(s), text)
+                    ]
+                forced = any(u.start < b and u.end > a for a, b in found[u.passage_index])
+            out.append(forced)
+        return out
+
+
 @dataclass
 class CompressStage:
     """Scores units with one method and keeps what the shared selection allows."""
 
     scorer: UnitScorer
     counter: TokenCounter
+    # A pre-filter before another compressor keeps `budget_scale` times the budget.
+    budget_scale: float = 1.0
+    force: ForceKeep = ForceKeep()
 
     @property
     def name(self) -> str:
@@ -97,6 +141,8 @@ class CompressStage:
     def run(self, state: PipelineState) -> None:
         tokens_in = state.reference_tokens or self.counter.count(render(state.passages))
         limit = state.budget.limit(tokens_in)
+        if limit is not None:
+            limit = int(limit * self.budget_scale)
         b = state.budget
         if limit is None and b.threshold is None and b.top_k is None:
             state.notes["skipped"] = "no budget, rate, threshold or top_k"
@@ -104,6 +150,10 @@ class CompressStage:
         units = make_units(state, self.scorer.granularity, self.counter)
         started = time.perf_counter()
         scores = self.scorer.score(state, units)
+        if self.force:
+            forced = self.force.mask(state, units)
+            scores = [float("inf") if f else x for x, f in zip(scores, forced, strict=True)]
+            state.notes["forced_units"] = sum(forced)
         state.notes["score_ms"] = round((time.perf_counter() - started) * 1000, 3)
         texts = [state.passages[u.passage_index].passage.text[u.start : u.end] for u in units]
         costs = self.counter.count_many(texts) if self.scorer.granularity != "token" else [1] * len(units)

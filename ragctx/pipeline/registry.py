@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ragctx.compressors.baselines import RandomSentenceDrop, SentenceBudget, Truncation
-from ragctx.compressors.selection import CompressStage, UnitScorer
+from ragctx.compressors.baselines import (
+    EmbeddingPassageFilter,
+    RandomSentenceDrop,
+    SentenceBudget,
+    Truncation,
+)
+from ragctx.compressors.selection import CompressStage, ForceKeep, UnitScorer
 from ragctx.reordering.orders import ORDER_NAMES, ReorderStage
 
 if TYPE_CHECKING:
@@ -16,10 +22,25 @@ if TYPE_CHECKING:
     from ragctx.pipeline.base import Stage
     from ragctx.segmentation import TokenCounter
 
-COMPRESSORS: dict[str, type] = {
-    "budget": SentenceBudget,
-    "truncate": Truncation,
-    "random-drop": RandomSentenceDrop,
+
+def _ehpc(f: StageFactory) -> UnitScorer:
+    from ragctx.compressors.ehpc import EHPCScorer
+    from ragctx.compressors.evaluator_heads import load_heads
+
+    lm = f.models.scorer()
+    s = f.settings
+    return EHPCScorer(
+        lm, load_heads(s.resolved_cache_dir(), lm), s.ehpc_granularity, s.ehpc_pool, s.ehpc_chunk_tokens
+    )
+
+
+# Compression methods: name -> how to build its scorer. Selection is shared (CompressStage).
+COMPRESSORS: dict[str, Callable[[StageFactory], UnitScorer]] = {
+    "budget": lambda f: SentenceBudget(),
+    "truncate": lambda f: Truncation(),
+    "random-drop": lambda f: RandomSentenceDrop(),
+    "embed-passages": lambda f: EmbeddingPassageFilter(f.models.embedder()),
+    "ehpc": _ehpc,
 }
 
 STAGE_HELP: dict[str, str] = {
@@ -35,6 +56,8 @@ STAGE_HELP: dict[str, str] = {
     "budget": "keep whole sentences in order until the budget is spent",
     "truncate": "keep the first tokens (cuts mid-sentence)",
     "random-drop": "keep random sentences within the budget (seeded)",
+    "embed-passages": "keep whole passages by embedding cosine to the question within the budget",
+    "ehpc": "evaluator-head token compression: question attention through calibrated early heads",
 }
 
 
@@ -47,13 +70,18 @@ def compression_methods() -> list[str]:
 
 
 def with_method(stages: list[str], method: str | None) -> list[str]:
-    """Replace the compression stage(s) of `stages` by `method` (`none` removes them)."""
+    """Replace the compression stage(s) of `stages` by `method` (`none` removes them).
+
+    `method` may chain compressors with `+` (e.g. `embed-passages+truncate`): all but the last keep a
+    looser budget (see ContextEngine.pipeline) and the last one meets it.
+    """
     if method is None:
         return list(stages)
-    if method != "none" and method not in COMPRESSORS:
-        raise ValueError(f"unknown method {method!r}; known: {compression_methods()}")
-    out = [s for s in stages if s not in COMPRESSORS]
-    return out if method == "none" else [*out, method]
+    chain = [] if method == "none" else method.split("+")
+    unknown = [m for m in chain if m not in COMPRESSORS]
+    if unknown or not (chain or method == "none"):
+        raise ValueError(f"unknown method {method!r}; known: {compression_methods()} (chain with +)")
+    return [s for s in stages if s not in COMPRESSORS] + chain
 
 
 @dataclass
@@ -98,6 +126,6 @@ class StageFactory:
 
             return AttnRankStage(self.models.reader(), s.resolved_cache_dir())
         if name in COMPRESSORS:
-            scorer: UnitScorer = COMPRESSORS[name]()
-            return CompressStage(scorer, self.counter)
+            force = ForceKeep(s.force_keep_numbers, s.force_keep_first_sentence, tuple(s.force_keep_strings))
+            return CompressStage(COMPRESSORS[name](self), self.counter, force=force)
         raise ValueError(f"unknown stage {name!r}; known: {sorted(known_stage_names())}")

@@ -9,7 +9,7 @@ layer the forward stops: nothing above it is computed.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,14 +25,36 @@ class _StopForward(Exception):
 
 @dataclass(frozen=True)
 class HeadSelection:
-    """Which layers and query heads the pass reads; `heads=None` means all heads of those layers."""
+    """Which layers and query heads the pass reads.
+
+    `heads=None` reads every head of `layers`; otherwise `heads` lists (layer, head) pairs, optionally
+    weighted by `weights` (one per pair), and `layers` must cover their layers.
+    """
 
     layers: tuple[int, ...]
-    heads: tuple[int, ...] | None = None
+    heads: tuple[tuple[int, int], ...] | None = None
+    weights: tuple[float, ...] | None = None
 
     @staticmethod
     def all_layers(lm: LanguageModel) -> HeadSelection:
         return HeadSelection(tuple(range(lm.model.config.num_hidden_layers)))
+
+    @staticmethod
+    def of_heads(pairs: Sequence[tuple[int, int]], weights: Sequence[float] | None = None) -> HeadSelection:
+        return HeadSelection(
+            tuple(sorted({layer for layer, _ in pairs})),
+            tuple(pairs),
+            tuple(weights) if weights is not None else None,
+        )
+
+    def head_weights(self, layer: int, num_heads: int) -> torch.Tensor | None:
+        if self.heads is None:
+            return None
+        w = torch.zeros(num_heads)
+        for i, (lay, head) in enumerate(self.heads):
+            if lay == layer:
+                w[head] = 1.0 if self.weights is None else self.weights[i]
+        return w
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -58,6 +80,52 @@ class QuestionAttention:
     segments_per_layer: dict[int, torch.Tensor]
 
 
+def capture_qk(
+    lm: LanguageModel,
+    input_ids: torch.Tensor,
+    layers: Sequence[int],
+    window: int,
+    on_layer: Callable[[int, torch.Tensor, torch.Tensor, float | None], None],
+) -> None:
+    """Run `input_ids` (1, N) up to the deepest of `layers`; for each of them call
+    `on_layer(layer, q (Hq, W, d), k (Hkv, N, d), scale)` with post-RoPE queries of the last W positions
+    and keys of all positions. Layers above the deepest are never computed."""
+    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+        raise ValueError("the head-scoring pass takes one sequence: input_ids of shape (1, N)")
+    decoder = _decoder_layers(lm)
+    deepest = max(layers)
+    handles = []
+
+    def make_hook(layer_idx: int) -> Callable[..., None]:
+        def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            hidden = args[0] if args else kwargs["hidden_states"]
+            cos, sin = kwargs["position_embeddings"]
+            b, n, _ = hidden.shape
+            hd = module.head_dim
+            w = min(window, n)
+            q = module.q_proj(hidden[:, -w:]).view(b, w, -1, hd).transpose(1, 2)
+            k = module.k_proj(hidden).view(b, n, -1, hd).transpose(1, 2)
+            if hasattr(module, "q_norm"):  # Qwen3 / Gemma3 normalise q and k before RoPE
+                q, k = module.q_norm(q), module.k_norm(k)
+            q = _apply_rope(q, cos[:, -w:], sin[:, -w:])
+            k = _apply_rope(k, cos, sin)
+            on_layer(layer_idx, q[0], k[0], getattr(module, "scaling", None))
+            if layer_idx == deepest:
+                raise _StopForward
+
+        return hook
+
+    try:
+        for idx in sorted(set(layers)):
+            attn: Any = decoder[idx].self_attn
+            handles.append(attn.register_forward_pre_hook(make_hook(idx), with_kwargs=True))
+        with torch.inference_mode(), contextlib.suppress(_StopForward):
+            lm.model(input_ids.to(lm.device), use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def question_attention(
     lm: LanguageModel,
     input_ids: torch.Tensor,
@@ -71,58 +139,19 @@ def question_attention(
     Summed over the selected layers and heads, each row a softmax over all visible keys (so a window
     of W rows through H heads in L layers sums to W*H*L over the sequence).
     """
-    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
-        raise ValueError("question_attention takes one sequence: input_ids of shape (1, N)")
-    layers = _decoder_layers(lm)
-    deepest = max(selection.layers)
     total = torch.zeros(input_ids.shape[1], dtype=torch.float32)
-    seg_total: torch.Tensor | None = None
     per_layer: dict[int, torch.Tensor] = {}
-    handles = []
 
-    def make_hook(layer_idx: int):  # type: ignore[no-untyped-def]
-        def hook(module, args, kwargs):  # type: ignore[no-untyped-def]
-            nonlocal total, seg_total
-            hidden = args[0] if args else kwargs["hidden_states"]
-            cos, sin = kwargs["position_embeddings"]
-            b, n, _ = hidden.shape
-            hd = module.head_dim
-            w = min(window, n)
-            q = module.q_proj(hidden[:, -w:]).view(b, w, -1, hd).transpose(1, 2)
-            k = module.k_proj(hidden).view(b, n, -1, hd).transpose(1, 2)
-            if hasattr(module, "q_norm"):  # Qwen3 / Gemma3 normalise q and k before RoPE
-                q, k = module.q_norm(q), module.k_norm(k)
-            q = _apply_rope(q, cos[:, -w:], sin[:, -w:])
-            k = _apply_rope(k, cos, sin)
-            qh = q[0]
-            weights = None
-            if selection.heads is not None:
-                weights = torch.zeros(qh.shape[0])
-                weights[list(selection.heads)] = 1.0
-            mass, seg = attention_mass(
-                qh,
-                k[0],
-                head_weights=weights,
-                segment_ids=segment_ids,
-                num_segments=num_segments,
-                scale=getattr(module, "scaling", None),
-            )
-            total = total + mass.cpu()
-            if seg is not None:
-                seg_total = seg.cpu() if seg_total is None else seg_total + seg.cpu()
-                per_layer[layer_idx] = seg.cpu()
-            if layer_idx == deepest:
-                raise _StopForward
+    def on_layer(layer: int, q: torch.Tensor, k: torch.Tensor, scale: float | None) -> None:
+        nonlocal total
+        weights = selection.head_weights(layer, q.shape[0])
+        mass, seg = attention_mass(
+            q, k, head_weights=weights, segment_ids=segment_ids, num_segments=num_segments, scale=scale
+        )
+        total = total + mass.cpu()
+        if seg is not None:
+            per_layer[layer] = seg.cpu()
 
-        return hook
-
-    try:
-        for idx in sorted(set(selection.layers)):
-            attn: Any = layers[idx].self_attn
-            handles.append(attn.register_forward_pre_hook(make_hook(idx), with_kwargs=True))
-        with torch.inference_mode(), contextlib.suppress(_StopForward):
-            lm.model(input_ids.to(lm.device), use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
-    return QuestionAttention(total, seg_total, per_layer)
+    capture_qk(lm, input_ids, selection.layers, window, on_layer)
+    segments = torch.stack(list(per_layer.values())).sum(0) if per_layer else None
+    return QuestionAttention(total, segments, per_layer)

@@ -48,11 +48,7 @@ def read_requests(path: Path) -> Iterator[CompressRequest]:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise InputError(f"{where}: invalid JSON ({exc.msg})") from None
-            if (
-                not isinstance(obj, dict)
-                or not isinstance(obj.get("question"), str)
-                or not obj["question"].strip()
-            ):
+            if not isinstance(obj, dict) or not isinstance(obj.get("question"), str) or not obj["question"].strip():
                 raise InputError(f'{where}: expected an object with a non-empty string "question"')
             raw = obj.get("passages")
             if not isinstance(raw, list):

@@ -152,7 +152,5 @@ def sample_prompts(k: int, count: int, seed: int = 0) -> list[tuple[str, list[Pa
         others = rng.sample([i for i in ids if i != q["gold_id"]], k - 1)
         chosen = [str(q["gold_id"]), *others]
         rng.shuffle(chosen)
-        out.append(
-            (str(q["question"]), [Passage(i, passages[i]["text"], passages[i]["title"]) for i in chosen])
-        )
+        out.append((str(q["question"]), [Passage(i, passages[i]["text"], passages[i]["title"]) for i in chosen]))
     return out

@@ -26,18 +26,21 @@ app = typer.Typer(
 )
 index_app = typer.Typer(help="Build and extend the FAISS index.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
+train_app = typer.Typer(help="Train the small models ragctx methods can use.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+calibrate_app = typer.Typer(help="Measure per-model profiles once; stages reuse them.", no_args_is_help=True)
+app.add_typer(calibrate_app, name="calibrate")
 
 console = Console()
 err = Console(stderr=True)
 
-ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", "-c", help="TOML configuration file (or RAGCTX_CONFIG).")
-]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML configuration file (or RAGCTX_CONFIG).")]
 IndexDirOpt = Annotated[Path | None, typer.Option("--index-dir", help="Index directory (RAGCTX_INDEX_DIR).")]
 BudgetOpt = Annotated[int | None, typer.Option("--budget", "--target-tokens", help="Token budget of the context.")]
 RateOpt = Annotated[float | None, typer.Option("--rate", help="Keep this fraction of the tokens (0-1].")]
 MethodOpt = Annotated[
-    str | None, typer.Option("--method", "-m", help=f"Compression method: {', '.join(compression_methods())}.")
+    str | None,
+    typer.Option("--method", "-m", help=f"Compression method: {', '.join(compression_methods())}."),
 ]
 
 
@@ -66,7 +69,9 @@ def budget_or_exit(settings: Settings, budget: int | None, rate: float | None) -
 
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")] = False) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
 
 
 @index_app.command("build")
@@ -113,8 +118,8 @@ def index_add(
     index_dir: IndexDirOpt = None,
 ) -> None:
     """Add documents to an existing index; ids already present are skipped."""
-    from ragctx.indexes.loaders import DocumentFormatError, expand_inputs, read_documents
     from ragctx.engine import ContextEngine
+    from ragctx.indexes.loaders import DocumentFormatError, expand_inputs, read_documents
 
     s = settings_or_exit(config, index_dir=index_dir)
     try:
@@ -166,7 +171,8 @@ def query(
     b = budget_or_exit(s, budget, rate)
     engine = ContextEngine(s)
     if engine.retriever is None:
-        fail(f"no index at {s.resolved_index_dir()}; build one with `ragctx index build PATH` or run `ragctx demo`")
+        where = s.resolved_index_dir()
+        fail(f"no index at {where}; build one with `ragctx index build PATH` or run `ragctx demo`")
     try:
         ctx = engine.run(question, method=method, budget=b)
     except ValueError as exc:
@@ -225,15 +231,16 @@ def bench(
     n: Annotated[int, typer.Option("--n", help="Dev questions to evaluate.")] = 100,
     reader_limit: Annotated[
         int, typer.Option("--reader-limit", help="Questions (of the n) the reader answers; 0 = none.")
-    ] = 40,
+    ] = 20,
     rates: Annotated[str, typer.Option("--rates", help="Comma-separated target rates.")] = "0.5,0.25",
     methods: Annotated[
         str, typer.Option("--methods", help="Comma-separated methods (see `ragctx stages`).")
-    ] = "truncate,random-drop,budget",
+    ] = "truncate,random-drop",
     data: Annotated[Path | None, typer.Option("--data", help="nq20_dev.jsonl.gz (default: ../shared/data).")] = None,
-    out: Annotated[Path, typer.Option("--out", help="Folder for bench.json, bench.md, bench.png.")] = Path(
-        "bench-out"
-    ),
+    passages: Annotated[
+        int | None, typer.Option("--passages", help="Passages per question (gold kept); default all 20.")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder for bench.json, bench.md, bench.png.")] = Path("bench-out"),
     config: ConfigOpt = None,
 ) -> None:
     """Measure methods on NQ-20: tokens, kept ratio, answer recall, reader accuracy, ms per stage."""
@@ -252,18 +259,21 @@ def bench(
             rates=[float(x) for x in rates.split(",") if x.strip()],
             methods=[x.strip() for x in methods.split(",") if x.strip()],
             out=out,
+            passages=passages,
         )
     except ValueError as exc:
         fail(str(exc), 2)
         return
     report = run_bench(s, cfg)
-    console.print(report.markdown, markup=False, highlight=False)
+    sys.stdout.write(report.markdown + "\n")
     console.print(f"wrote {out}/bench.json, bench.md, bench.png")
 
 
 @app.command()
 def demo(
-    question: Annotated[str, typer.Argument(help="Question to ask the sample corpus.")] = "how many episodes are there in dragon ball z",
+    question: Annotated[
+        str, typer.Argument(help="Question to ask the sample corpus.")
+    ] = "how many episodes are there in dragon ball z",
     budget: BudgetOpt = 300,
     config: ConfigOpt = None,
     index_dir: IndexDirOpt = None,
@@ -280,13 +290,154 @@ def demo(
     if not (directory / "manifest.json").exists():
         started = time.perf_counter()
         idx = FaissIndex.build(
-            directory, read_documents([sample_corpus_path()], s.chunk_words), engine.models.embedder(),
-            embedder_name=s.embedder, index_type=s.index_type, progress=True,
+            directory,
+            read_documents([sample_corpus_path()], s.chunk_words),
+            engine.models.embedder(),
+            embedder_name=s.embedder,
+            index_type=s.index_type,
+            progress=True,
         )
         err.print(f"indexed the sample corpus: {len(idx)} passages in {time.perf_counter() - started:.1f} s")
     console.print(f"[bold]question:[/] {question}", highlight=False)
     ctx = engine.run(question, budget=budget_or_exit(s, budget, None))
     print_context(ctx)
+
+
+@calibrate_app.command("attnrank")
+def calibrate_attnrank_cmd(
+    k: Annotated[int, typer.Option("--k", help="Passages per prompt (one profile per k).")] = 10,
+    model: Annotated[str | None, typer.Option("--model", help="Reader LM (default: RAGCTX_READER_MODEL).")] = None,
+    prompts: Annotated[int, typer.Option("--prompts", help="Calibration prompts.")] = 20,
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="nq20_dev.jsonl.gz (default: ../shared/data, else the sample)."),
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Measure the model's positional attention profile over k slots and store it for `attnrank`."""
+    from ragctx.bench.harness import find_nq20, load_nq20
+    from ragctx.calibration import attnrank_path, calibrate_attnrank, sample_prompts
+    from ragctx.models import ModelRegistry
+
+    s = settings_or_exit(config, reader_model=model)
+    if k < 2 or prompts < 1:
+        fail("--k must be at least 2 and --prompts at least 1", 2)
+    path = data or find_nq20()
+    if path is not None and path.is_file():
+        rows = load_nq20(path, prompts)
+        calib = [(q.question, q.passages[:k]) for q in rows if len(q.passages) >= k]
+        if len(calib) < len(rows):
+            fail(f"the dev questions have fewer than {k} passages", 2)
+    else:
+        calib = sample_prompts(k, prompts)
+    lm = ModelRegistry(s).reader()
+    profile = calibrate_attnrank(lm, s.resolved_cache_dir(), k, calib)
+    console.print(
+        f"layer {profile.layer} (edge ratio {profile.edge_ratio:.2f}); slots from most to least attended: "
+        f"{[x + 1 for x in profile.position_order]}; saved to {attnrank_path(s.resolved_cache_dir(), lm, k)}"
+    )
+
+
+@calibrate_app.command("heads")
+def calibrate_heads_cmd(
+    model: Annotated[str | None, typer.Option("--model", help="Scorer LM (default: RAGCTX_SCORER_MODEL).")] = None,
+    needles: Annotated[int, typer.Option("--needles", help="Needle-in-essay examples.")] = 12,
+    nq: Annotated[int, typer.Option("--nq", help="NQ-20 examples with a known answer span.")] = 24,
+    max_layer: Annotated[
+        int | None, typer.Option("--max-layer", help="Deepest layer searched (default: 4/5 of the layers).")
+    ] = None,
+    top: Annotated[int, typer.Option("--top", help="Heads kept.")] = 8,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="The shared data folder (default ../shared/data).")
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Find the evaluator heads of a model (for `ehpc`) on needles in essays and NQ answer spans."""
+    import gzip
+
+    from ragctx.bench.harness import find_nq20
+    from ragctx.compressors.evaluator_heads import calibrate_heads, heads_path, needle_examples, nq_examples
+    from ragctx.models import ModelRegistry
+
+    s = settings_or_exit(config, scorer_model=model)
+    nq_file = (data / "nq20" / "nq20_dev.jsonl.gz") if data else find_nq20()
+    if nq_file is None or not nq_file.is_file():
+        fail("shared data not found; pass --data PATH/TO/shared/data")
+        return
+    root = nq_file.parent.parent
+    examples = needle_examples(root / "needle_haystack" / "PaulGrahamEssays", needles)
+    with gzip.open(nq_file, "rt", encoding="utf-8") as fh:
+        # Questions 1000+ of the dev file: far from the first hundred that the bench evaluates.
+        rows = [json.loads(line) for i, line in enumerate(fh) if 1000 <= i < 1000 + nq]
+    examples += nq_examples(rows)
+    lm = ModelRegistry(s).scorer()
+    # SmolLM2-135M's answer-finding heads sit at layers 21-23 of 30 (a third of the way down they put 4x less
+    # attention on answers), so the default search stops at 4/5 of the depth: early exit still skips the rest.
+    deepest = max_layer if max_layer is not None else lm.model.config.num_hidden_layers * 4 // 5
+    try:
+        heads = calibrate_heads(lm, s.resolved_cache_dir(), examples, deepest, top)
+    except ValueError as exc:
+        fail(str(exc), 2)
+        return
+    listed = ", ".join(f"L{layer}H{head} {v:.3f}" for (layer, head), v in zip(heads.heads, heads.scores, strict=True))
+    console.print(f"evaluator heads of {lm.name} from {heads.examples} examples: {listed}")
+    console.print(f"early exit after layer {heads.deepest_layer}; saved to {heads_path(s.resolved_cache_dir(), lm)}")
+
+
+@train_app.command("exit")
+def train_exit_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the trained classifier.")] = Path("exit-classifier"),
+    data: Annotated[
+        Path | None, typer.Option("--data", help="The shared data folder (default ../shared/data).")
+    ] = None,
+    epochs: Annotated[int, typer.Option("--epochs")] = 1,
+    max_examples: Annotated[int | None, typer.Option("--max-examples", help="Cap (a tiny CPU run: 64).")] = None,
+    base: Annotated[str, typer.Option("--base", help="Base encoder (default: the embedded MiniLM).")] = "default",
+    config: ConfigOpt = None,
+) -> None:
+    """Fine-tune EXIT's sentence classifier (a MiniLM cross-encoder) on HotpotQA and MuSiQue labels."""
+    import random
+
+    from ragctx.bench.harness import find_nq20
+    from ragctx.compressors.exit_training import hotpotqa_examples, musique_examples, train_exit_classifier
+    from ragctx.models import default_embedder_path, pick_device
+
+    s = settings_or_exit(config)
+    nq = find_nq20()
+    root = data or (nq.parent.parent if nq else None)
+    if root is None or not (root / "hotpotqa_train100").is_dir():
+        fail("training data not found; pass --data PATH/TO/shared/data")
+        return
+    rng = random.Random(s.seed)
+    examples = hotpotqa_examples(root / "hotpotqa_train100" / "hotpotqa_train_100.json", rng)
+    examples += musique_examples(root / "musique_train100" / "musique_ans_train_100.json", rng)
+    rng.shuffle(examples)
+    if max_examples is not None:
+        examples = examples[:max_examples]
+    base_path = str(default_embedder_path()) if base == "default" else base
+    summary = train_exit_classifier(base_path, examples, out, epochs=epochs, device=pick_device(s.device))
+    console.print(
+        f"trained on {summary['examples']} sentences, loss {summary['first_loss']:.3f} -> {summary['last_loss']:.3f}; "
+        f"use it with RAGCTX_EXIT_MODEL={out.resolve()}"
+    )
+
+
+@calibrate_app.command("abstention")
+def calibrate_abstention_cmd(
+    model: Annotated[str | None, typer.Option("--model", help="Scorer LM (default: RAGCTX_SCORER_MODEL).")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Check that the scorer abstains on unrelated passages (else distracting effect is not used)."""
+    from ragctx.calibration import check_abstention
+    from ragctx.models import ModelRegistry
+
+    s = settings_or_exit(config, scorer_model=model)
+    check = check_abstention(ModelRegistry(s).scorer(), s.resolved_cache_dir())
+    verdict = "follows" if check.follows_abstention else "does NOT follow"
+    console.print(
+        f"{check.model} {verdict} the abstention instruction: mean DE {check.mean_de_unrelated:.2f} "
+        f"on {check.pairs} unrelated passages"
+    )
 
 
 @app.command("stages")
@@ -307,10 +458,29 @@ def show_config(
 ) -> None:
     """Print the effective configuration (or every key with its default)."""
     if markdown:
-        console.print(settings_markdown(), markup=False, highlight=False)
+        sys.stdout.write(settings_markdown() + "\n")
         return
     s = settings_or_exit(config)
     console.print_json(s.model_dump_json())
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+    config: ConfigOpt = None,
+    index_dir: IndexDirOpt = None,
+) -> None:
+    """Run the REST service (context, compress, rerank, OpenAI-compatible chat); JSON logs on stderr."""
+    import uvicorn
+
+    from ragctx.api import create_app
+    from ragctx.api.logs import configure_json_logging
+
+    s = settings_or_exit(config, index_dir=index_dir)
+    configure_json_logging()
+    # Our middleware logs every request as JSON with its id, so uvicorn's access log would only repeat it.
+    uvicorn.run(create_app(s), host=host, port=port, log_config=None, access_log=False)
 
 
 if __name__ == "__main__":

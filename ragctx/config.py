@@ -10,8 +10,13 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 DEFAULT_STAGES = ["retrieve", "dedup", "budget"]
 
@@ -57,24 +62,120 @@ class Settings(BaseSettings):
     ivf_nlist: int = Field(default=256, ge=1, description="IVF lists (clamped to the number of passages).")
     hnsw_m: int = Field(default=32, ge=4, le=256, description="HNSW neighbours per node.")
     chunk_words: int = Field(
-        default=120, ge=20, description="Plain text and Markdown files are cut into passages of at most this many words."
+        default=120,
+        ge=20,
+        description="Plain text and Markdown files are cut into passages of at most this many words.",
     )
     top_k: int = Field(default=20, ge=1, le=1000, description="Passages retrieved per question.")
     stages: list[str] = Field(
         default_factory=lambda: list(DEFAULT_STAGES),
-        description="Pipeline stages, in order (see `ragctx stages`).",
+        description="Pipeline stages, in order (see `ragctx stages`); in the environment a JSON list.",
     )
     budget_tokens: int | None = Field(
         default=None, ge=1, description="Token budget of the context (target tokenizer); none = keep all."
     )
     rate: float | None = Field(
-        default=None, gt=0.0, le=1.0, description="Alternative to the budget: keep this fraction of the tokens."
+        default=None,
+        gt=0.0,
+        le=1.0,
+        description="Alternative to the budget: keep this fraction of the tokens.",
+    )
+    prefilter_scale: float = Field(
+        default=2.0,
+        ge=1.0,
+        description="In a chain of compressors (`a+b`), every one but the last keeps this many times the budget.",
     )
     dedup_threshold: float = Field(
-        default=0.8, gt=0.0, le=1.0, description="Jaccard similarity of word 3-shingles above which a passage is a near-duplicate."
+        default=0.8,
+        gt=0.0,
+        le=1.0,
+        description="Jaccard similarity of word 3-shingles above which a passage is a near-duplicate.",
+    )
+    ehpc_granularity: Literal["token", "word", "sentence"] = Field(
+        default="sentence", description="What EHPC keeps or drops: tokens, words or sentences."
+    )
+    ehpc_pool: int = Field(default=5, ge=1, description="EHPC: window of the average pooling over token scores.")
+    ehpc_chunk_tokens: int = Field(
+        default=4096, ge=256, description="EHPC scores passages in chunks of at most this many tokens."
+    )
+    exit_model: str | None = Field(
+        default=None,
+        description="EXIT classifier trained by `ragctx train exit` (a folder); none = the scorer LM zero-shot.",
+    )
+    force_keep_numbers: bool = Field(default=False, description="Compressors always keep units with digits.")
+    force_keep_first_sentence: bool = Field(
+        default=False, description="Compressors always keep each passage's first sentence."
+    )
+    force_keep_strings: list[str] = Field(
+        default_factory=list, description="Compressors always keep units overlapping these strings."
+    )
+    relevance_source: Literal["lm", "embedding"] = Field(
+        default="embedding",
+        description="Relevance for labels: `lm` (query likelihood under the scorer) or `embedding` (cosine).",
+    )
+    relevance_threshold: float | None = Field(
+        default=None,
+        description="Relevance at or above which a passage is `relevant`; none = the dev-tuned default.",
+    )
+    de_threshold: float = Field(
+        default=0.8,
+        ge=0.0,
+        le=1.0,
+        description="Distracting effect at or above which a non-relevant passage is `distracting`.",
+    )
+    distractor_policy: Literal["keep", "drop", "demote"] = Field(
+        default="keep",
+        description="What `label` does with distracting passages: keep, drop, or rank them last.",
+    )
+    attention_sort_rounds: int = Field(default=1, ge=1, le=10, description="Rounds of attention sorting.")
+    attention_layers: list[int] | None = Field(
+        default=None, description="Layers whose attention sorts passages; none = all layers."
+    )
+    attention_aggregate: Literal["sum", "mean"] = Field(
+        default="sum", description="Passage attention: total mass (`sum`) or per-token mean (`mean`)."
     )
     seed: int = Field(default=0, description="Seed of every random choice (shuffle, random drop).")
     redis_url: str | None = Field(default=None, description="Redis for the segment cache; none = in-process cache.")
+    # ---- the REST service (`ragctx serve`) ----
+    upstream_base_url: str | None = Field(
+        default=None,
+        description="OpenAI-compatible API that /v1/chat/completions forwards to (e.g. `http://host:8080/v1`); "
+        "none or empty = the local reader answers.",
+    )
+    upstream_api_key: SecretStr | None = Field(
+        default=None,
+        description="Bearer key sent upstream; none = the caller's own Authorization is passed on when the "
+        "service has no api_keys.",
+    )
+    api_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="Keys accepted as `Authorization: Bearer <key>`; empty = no authentication. "
+        "In the environment a JSON list.",
+    )
+    max_concurrency: int = Field(
+        default=8, ge=1, description="Requests the service works on at once; more get 429 with Retry-After."
+    )
+    request_timeout_s: float = Field(
+        default=30.0, gt=0.0, description="Per-request time limit of the service; past it, 504."
+    )
+    max_passages: int = Field(
+        default=200, ge=1, description="Most passages (or rerank documents) one request may carry; more: 413."
+    )
+    max_request_chars: int = Field(
+        default=2_000_000, ge=1_000, description="Largest request body in bytes (~characters); larger: 413."
+    )
+    batch_max_size: int = Field(
+        default=64, ge=1, description="Most items per micro-batch of model calls in the service."
+    )
+    batch_max_wait_ms: float = Field(
+        default=5.0, ge=0.0, description="How long a micro-batch waits for more items before it runs."
+    )
+
+    @field_validator("upstream_base_url", "upstream_api_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # docker-compose's `${VAR:-}` gives an empty string for an unset variable.
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _known_stages(self) -> Settings:

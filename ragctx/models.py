@@ -162,9 +162,7 @@ def load_embedder(spec: str, device: str = "auto") -> SentenceTransformer:
     path = str(default_embedder_path()) if spec == "default" else spec
     if _is_local(path) and not Path(path).expanduser().is_dir():
         raise ModelNotFoundError(f"embedder folder {path} does not exist")
-    return SentenceTransformer(
-        str(Path(path).expanduser()) if _is_local(path) else path, device=pick_device(device)
-    )
+    return SentenceTransformer(str(Path(path).expanduser()) if _is_local(path) else path, device=pick_device(device))
 
 
 def load_tokenizer(spec: str, cache_dir: Path) -> PreTrainedTokenizerBase:
@@ -203,6 +201,16 @@ class ModelRegistry:
         if s.reader_model == s.scorer_model:
             return self.scorer()
         return self._get("reader", lambda: load_lm(s.reader_model, s.resolved_cache_dir(), s.device))
+
+    def exit_classifier(self, folder: str) -> Any:
+        """The cross-encoder trained by `ragctx train exit`, loaded by path (once per path)."""
+        from sentence_transformers import CrossEncoder
+
+        path = Path(folder).expanduser()
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"EXIT classifier {path} does not exist; train one with `ragctx train exit`")
+        device = pick_device(self.settings.device)
+        return self._get(f"exit:{path.resolve()}", lambda: CrossEncoder(str(path), device=device))
 
     def target_tokenizer(self) -> PreTrainedTokenizerBase:
         s = self.settings

@@ -31,9 +31,7 @@ class LocalReader:
 
         tok = self.lm.tokenizer
         messages = [{"role": "user", "content": qa_prompt(question, context)}]
-        enc: Any = tok.apply_chat_template(
-            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )
+        enc: Any = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
         input_ids = enc["input_ids"].to(self.lm.device)
         with torch.inference_mode():
             out: Any = self.lm.model.generate(  # type: ignore[operator]

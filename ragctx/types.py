@@ -91,9 +91,7 @@ class CompressedContext:
                     "label": p.label,
                     "scores": p.scores,
                     "metadata": p.passage.metadata,
-                    "spans": [
-                        {"start": s.start, "end": s.end, "text": s.text_of(p.passage)} for s in p.spans
-                    ],
+                    "spans": [{"start": s.start, "end": s.end, "text": s.text_of(p.passage)} for s in p.spans],
                 }
                 for p in self.passages
             ],

@@ -29,9 +29,7 @@ def write_requests(path, rows):
 def test_compress_writes_one_compressed_context_per_line(env, nq20_rows):
     src, out = env / "in.jsonl", env / "out.jsonl"
     write_requests(src, nq20_rows[:3])
-    result = runner.invoke(
-        app, ["compress", "-i", str(src), "-o", str(out), "--rate", "0.3", "-m", "truncate"]
-    )
+    result = runner.invoke(app, ["compress", "-i", str(src), "-o", str(out), "--rate", "0.3", "-m", "truncate"])
     assert result.exit_code == 0, result.output
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert [x["question"] for x in lines] == [r["question"] for r in nq20_rows[:3]]
@@ -75,9 +73,7 @@ def test_build_then_query_gives_a_budgeted_context_with_provenance(env):
         for _, line in zip(range(200), src, strict=False):
             dst.write(line)
     assert runner.invoke(app, ["index", "build", str(small)]).exit_code == 0
-    result = runner.invoke(
-        app, ["query", "who won the first nobel prize in physics", "--budget", "120", "--json"]
-    )
+    result = runner.invoke(app, ["query", "who won the first nobel prize in physics", "--budget", "120", "--json"])
     assert result.exit_code == 0, result.output
     ctx = json.loads(result.stdout)
     assert ctx["tokens_out"] <= 120

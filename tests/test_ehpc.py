@@ -45,9 +45,9 @@ def test_calibration_stores_the_best_early_heads(heads, registry, settings):
 
 def test_early_exit_scores_equal_a_full_forward_truncated_at_that_layer(heads, registry):
     lm = registry.scorer()
-    ids = lm.tokenizer("Paris is the capital of France. Rome is in Italy. Question: capital of Italy?", return_tensors="pt")[
-        "input_ids"
-    ]
+    ids = lm.tokenizer(
+        "Paris is the capital of France. Rome is in Italy. Question: capital of Italy?", return_tensors="pt"
+    )["input_ids"]
     selection = HeadSelection.of_heads(heads.heads)
     early = question_attention(lm, ids, selection, window=4).tokens
     lm.model.config._attn_implementation = "eager"

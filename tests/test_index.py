@@ -54,9 +54,7 @@ def own_question(passage: Passage) -> str:
 
 
 def snapshot(directory: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()
-    }
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 def write_jsonl(path: Path, lines: list[str]) -> Path:
@@ -64,9 +62,7 @@ def write_jsonl(path: Path, lines: list[str]) -> Path:
     return path
 
 
-def test_search_finds_the_passage_a_question_is_about(
-    flat_dir: Path, corpus: list[Passage], embedder: Any
-) -> None:
+def test_search_finds_the_passage_a_question_is_about(flat_dir: Path, corpus: list[Passage], embedder: Any) -> None:
     index = FaissIndex.open(flat_dir, embedder)
     assert len(index) == INDEXED
     assert isinstance(index, Retriever)
@@ -99,9 +95,7 @@ def test_reopened_index_gives_identical_results(flat_dir: Path, corpus: list[Pas
     assert manifest["count"] == INDEXED
 
 
-def test_get_returns_passages_in_the_asked_order(
-    flat_dir: Path, corpus: list[Passage], embedder: Any
-) -> None:
+def test_get_returns_passages_in_the_asked_order(flat_dir: Path, corpus: list[Passage], embedder: Any) -> None:
     index = FaissIndex.open(flat_dir, embedder)
     wanted = [corpus[7].id, corpus[2].id]
     assert [p.id for p in index.get(wanted)] == wanted
@@ -129,9 +123,7 @@ def test_add_makes_new_passages_findable_and_skips_duplicates(
     assert index.add(corpus[:3]).added == 0
 
 
-def test_malformed_jsonl_fails_build_and_leaves_the_old_index(
-    flat_copy: Path, tmp_path: Path, embedder: Any
-) -> None:
+def test_malformed_jsonl_fails_build_and_leaves_the_old_index(flat_copy: Path, tmp_path: Path, embedder: Any) -> None:
     before = snapshot(flat_copy)
     bad = write_jsonl(
         tmp_path / "corpus.jsonl",
@@ -149,9 +141,7 @@ def test_malformed_jsonl_fails_build_and_leaves_the_old_index(
     assert len(FaissIndex.open(flat_copy, embedder)) == INDEXED
 
 
-def test_malformed_jsonl_fails_add_and_leaves_the_index(
-    flat_copy: Path, tmp_path: Path, embedder: Any
-) -> None:
+def test_malformed_jsonl_fails_add_and_leaves_the_index(flat_copy: Path, tmp_path: Path, embedder: Any) -> None:
     index = FaissIndex.open(flat_copy, embedder)
     before = snapshot(flat_copy)
     bad = write_jsonl(tmp_path / "more.jsonl", ['{"id": "x1", "text": "Oslo is in Norway."}', '{"id": "x2"}'])
@@ -183,9 +173,7 @@ def test_build_rejects_nothing_to_index_and_unknown_types(tmp_path: Path, embedd
     with pytest.raises(ValueError, match="no passages"):
         FaissIndex.build(tmp_path / "index", [], embedder, "default")
     with pytest.raises(ValueError, match="unknown index type"):
-        FaissIndex.build(
-            tmp_path / "index", [Passage(id="a", text="x")], embedder, "default", index_type="lsh"
-        )
+        FaissIndex.build(tmp_path / "index", [Passage(id="a", text="x")], embedder, "default", index_type="lsh")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -208,9 +196,7 @@ def test_approximate_index_types_build_and_search(
     index_type: str, tmp_path: Path, corpus: list[Passage], embedder: Any
 ) -> None:
     passages = corpus[:80]
-    index = FaissIndex.build(
-        tmp_path / "index", passages, embedder, "default", index_type=index_type, ivf_nlist=256
-    )
+    index = FaissIndex.build(tmp_path / "index", passages, embedder, "default", index_type=index_type, ivf_nlist=256)
     sample = passages[::8]
     results = FaissIndex.open(tmp_path / "index", embedder).search_many([own_question(p) for p in sample], 3)
     hits = sum(p.id in [r.id for r in found] for p, found in zip(sample, results, strict=True))

@@ -40,9 +40,7 @@ UNRELATED = [
         "Photosynthesis is a process used by plants to convert light energy into chemical energy.",
         "Photosynthesis",
     ),
-    Passage(
-        "nile", "The Nile is a major north-flowing river in northeastern Africa, about 6,650 km long.", "Nile"
-    ),
+    Passage("nile", "The Nile is a major north-flowing river in northeastern Africa, about 6,650 km long.", "Nile"),
     Passage(
         "jazz",
         "Jazz is a music genre that originated in the African-American communities of New Orleans.",
@@ -113,9 +111,7 @@ def test_every_ordering_keeps_every_passage(engine, nq20_rows, stage):
     assert ctx.tokens_out == ctx.tokens_in
 
 
-def test_attnrank_profile_is_stored_reused_and_places_the_best_passage_in_the_top_slot(
-    engine, registry, settings
-):
+def test_attnrank_profile_is_stored_reused_and_places_the_best_passage_in_the_top_slot(engine, registry, settings):
     lm = registry.reader()
     k = 5
     profile = calibrate_attnrank(lm, settings.resolved_cache_dir(), k, sample_prompts(k, 3))

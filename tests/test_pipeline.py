@@ -79,9 +79,7 @@ def test_random_drop_is_reproducible_for_a_seed(engine, nq20_rows):
 
 def test_threshold_and_top_k_select_before_the_budget(engine, nq20_rows):
     row = nq20_rows[4]
-    ctx = engine.run(
-        row["question"], passages_of(row), method="budget", budget=Budget(top_k=3), stages=["budget"]
-    )
+    ctx = engine.run(row["question"], passages_of(row), method="budget", budget=Budget(top_k=3), stages=["budget"])
     assert sum(len(p.spans) for p in ctx.passages) <= 3
     assert len([p for p in ctx.passages if p.spans]) == 1  # the first three sentences of passage one
 
@@ -149,9 +147,7 @@ def test_bad_requests_fail_with_a_message(engine):
 
 def test_chained_methods_prefilter_with_a_looser_budget_then_meet_it(engine, nq20_rows):
     row = nq20_rows[6]
-    ctx = engine.run(
-        row["question"], passages_of(row), method="embed-passages+truncate", budget=Budget(tokens=200)
-    )
+    ctx = engine.run(row["question"], passages_of(row), method="embed-passages+truncate", budget=Budget(tokens=200))
     names = [s.name for s in ctx.stats]
     assert names[-2:] == ["embed-passages", "truncate"]
     prefilter, final = ctx.stats[-2], ctx.stats[-1]

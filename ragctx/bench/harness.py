@@ -91,9 +91,7 @@ class BenchConfig:
         names = known_stage_names() - {"retrieve"}
         unknown = [m for m in self.methods if any(part not in names for part in m.split("+"))]
         if unknown:
-            raise ValueError(
-                f"unknown method(s) {unknown}; known: {sorted(known_stage_names() - {'retrieve'})}"
-            )
+            raise ValueError(f"unknown method(s) {unknown}; known: {sorted(known_stage_names() - {'retrieve'})}")
 
 
 @dataclass
@@ -171,9 +169,7 @@ def run_bench(settings: Settings, cfg: BenchConfig) -> BenchReport:
         samples = []
         label = method if rate is None else f"{method}@{rate}"
         for i, q in enumerate(tqdm(questions, desc=label, unit="q", leave=False)):
-            ctx = pipe.run(
-                q.question, q.passages, Budget(rate=rate) if rate else Budget(), seed=settings.seed
-            )
+            ctx = pipe.run(q.question, q.passages, Budget(rate=rate) if rate else Budget(), seed=settings.seed)
             if method == "none":
                 full_tokens.append(ctx.tokens_in)
             sample: dict[str, Any] = {
@@ -224,9 +220,7 @@ def run_bench(settings: Settings, cfg: BenchConfig) -> BenchReport:
     md = to_markdown(rows, meta)
     cfg.out.mkdir(parents=True, exist_ok=True)
     with atomic_write(cfg.out / "bench.json") as fh:
-        json.dump(
-            {"meta": meta, "rows": [asdict(r) for r in rows], "per_question": per_question}, fh, indent=1
-        )
+        json.dump({"meta": meta, "rows": [asdict(r) for r in rows], "per_question": per_question}, fh, indent=1)
     with atomic_write(cfg.out / "bench.md") as fh:
         fh.write(md + "\n")
     plot(rows, cfg.out / "bench.png")
@@ -293,9 +287,7 @@ def plot(rows: list[Row], path: Path) -> None:
             axes[0].plot(xs, [r.reader_accuracy or 0 for r in rs], marker, label=method)
         if any(r.answer_recall is not None for r in rs):
             axes[1].plot(xs, [r.answer_recall or 0 for r in rs], marker, label=method)
-    axes[0].set(
-        xlabel="kept ratio (tokens out / tokens in)", ylabel="reader accuracy", title="Reader accuracy"
-    )
+    axes[0].set(xlabel="kept ratio (tokens out / tokens in)", ylabel="reader accuracy", title="Reader accuracy")
     axes[1].set(xlabel="kept ratio (tokens out / tokens in)", ylabel="answer recall", title="Answer recall")
     for ax in axes:
         ax.grid(alpha=0.3)

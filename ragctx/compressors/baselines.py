@@ -61,7 +61,5 @@ class EmbeddingPassageFilter:
     def score(self, state: PipelineState, units: Sequence[Unit]) -> list[float]:
         passages = [state.passages[u.passage_index].passage for u in units]
         texts = [p.text[u.start : u.end] for p, u in zip(passages, units, strict=True)]
-        vecs = self.embedder.encode(
-            [state.question, *texts], normalize_embeddings=True, convert_to_numpy=True
-        )
+        vecs = self.embedder.encode([state.question, *texts], normalize_embeddings=True, convert_to_numpy=True)
         return [float(x) for x in vecs[1:] @ vecs[0]]

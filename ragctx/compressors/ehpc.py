@@ -35,9 +35,7 @@ class EHPCScorer:
         for i, u in enumerate(units):
             by_passage.setdefault(u.passage_index, []).append(i)
         tok = self.lm.tokenizer
-        sizes = {
-            p: len(tok.encode(state.passages[p].passage.text, add_special_tokens=False)) for p in by_passage
-        }
+        sizes = {p: len(tok.encode(state.passages[p].passage.text, add_special_tokens=False)) for p in by_passage}
         scores = [0.0] * len(units)
         chunk: list[int] = []
         used = 0

@@ -63,9 +63,7 @@ def load_heads(cache_dir: Path, lm: LanguageModel) -> EvaluatorHeads:
     return EvaluatorHeads(**data)
 
 
-def prompt_with_answer_mask(
-    lm: LanguageModel, ex: RetrievalExample
-) -> tuple[torch.Tensor, torch.Tensor, int]:
+def prompt_with_answer_mask(lm: LanguageModel, ex: RetrievalExample) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Token ids of context + question, the mask of answer tokens, and the question window size."""
     text = ex.context + QUESTION_PREFIX + ex.question
     enc = lm.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -133,9 +131,7 @@ NEEDLE_CITIES = [
 ]
 
 
-def needle_examples(
-    essay_dir: Path, count: int, context_chars: int = 3000, seed: int = 0
-) -> list[RetrievalExample]:
+def needle_examples(essay_dir: Path, count: int, context_chars: int = 3000, seed: int = 0) -> list[RetrievalExample]:
     """Needles ("The special magic number of <city> is <n>.") at seeded depths in essay excerpts."""
     essays = sorted(essay_dir.glob("*.txt"))
     if not essays:
@@ -151,9 +147,7 @@ def needle_examples(
         cut = excerpt.find(". ", int(len(excerpt) * rng.random())) + 1 or len(excerpt)
         context = excerpt[:cut] + needle + excerpt[cut:]
         a = cut + needle.index(str(number))
-        out.append(
-            RetrievalExample(context, a, a + len(str(number)), f"What is the special magic number of {city}?")
-        )
+        out.append(RetrievalExample(context, a, a + len(str(number)), f"What is the special magic number of {city}?"))
     return out
 
 

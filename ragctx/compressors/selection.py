@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
 from ragctx.pipeline.state import Budget, PipelineState, TokenCounting, merge_spans, passage_header, render
@@ -49,8 +49,7 @@ def make_units(state: PipelineState, granularity: Granularity, counter: TokenCou
                 pieces = sub_sentence_offsets(text, span.start, span.end)
             elif granularity == "word":
                 pieces = [
-                    (span.start + m.start(), span.start + m.end())
-                    for m in _WORD.finditer(text[span.start : span.end])
+                    (span.start + m.start(), span.start + m.end()) for m in _WORD.finditer(text[span.start : span.end])
                 ]
             else:
                 pieces = counter.token_offsets(text, span.start, span.end)
@@ -145,8 +144,12 @@ class CompressStage:
             limit = int(limit * self.budget_scale)
         b = state.budget
         if limit is None and b.threshold is None and b.top_k is None:
-            state.notes["skipped"] = "no budget, rate, threshold or top_k"
-            return
+            # Methods with a natural cut-off (EXIT's tau) apply it when nothing else is asked for.
+            default = getattr(self.scorer, "default_threshold", None)
+            if default is None:
+                state.notes["skipped"] = "no budget, rate, threshold or top_k"
+                return
+            b = state.budget = replace(b, threshold=default)
         units = make_units(state, self.scorer.granularity, self.counter)
         started = time.perf_counter()
         scores = self.scorer.score(state, units)
@@ -157,9 +160,7 @@ class CompressStage:
         state.notes["score_ms"] = round((time.perf_counter() - started) * 1000, 3)
         texts = [state.passages[u.passage_index].passage.text[u.start : u.end] for u in units]
         costs = self.counter.count_many(texts) if self.scorer.granularity != "token" else [1] * len(units)
-        headers = self.counter.count_many(
-            [passage_header(i + 1, r.passage) for i, r in enumerate(state.passages)]
-        )
+        headers = self.counter.count_many([passage_header(i + 1, r.passage) for i, r in enumerate(state.passages)])
         keep = choose(units, scores, costs, headers, state.budget, limit)
         self._apply(state, units, keep)
         if limit is not None:

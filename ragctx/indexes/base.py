@@ -37,9 +37,7 @@ class LangChainRetriever:
 
 
 def _to_passage(doc: Any, rank: int) -> Passage:
-    metadata: dict[str, Any] = (
-        dict(doc.metadata) if isinstance(getattr(doc, "metadata", None), Mapping) else {}
-    )
+    metadata: dict[str, Any] = dict(doc.metadata) if isinstance(getattr(doc, "metadata", None), Mapping) else {}
     doc_id = next((v for v in (metadata.get("id"), getattr(doc, "id", None)) if v not in (None, "")), rank)
     title = metadata.get("title")
     score = next(

@@ -144,9 +144,7 @@ class FaissIndex:
         return cls(directory, embedder, manifest)
 
     @classmethod
-    def open(
-        cls, directory: str | Path, embedder: SentenceTransformer, embedder_name: str | None = None
-    ) -> FaissIndex:
+    def open(cls, directory: str | Path, embedder: SentenceTransformer, embedder_name: str | None = None) -> FaissIndex:
         """Load the index in `directory`; its vectors must come from an embedder of the same dimension."""
         directory = Path(directory).expanduser()
         if not (directory / MANIFEST_FILE).is_file():
@@ -166,9 +164,7 @@ class FaissIndex:
                 f"vectors) but the given embedder makes {dim}-dim vectors; use that embedder or rebuild"
             )
         if embedder_name is not None and embedder_name != manifest.embedder:
-            log.warning(
-                "index was built with embedder %r, searching with %r", manifest.embedder, embedder_name
-            )
+            log.warning("index was built with embedder %r, searching with %r", manifest.embedder, embedder_name)
         return cls(directory, embedder, manifest)
 
     # ---- writing ----------------------------------------------------------------------------------
@@ -240,11 +236,7 @@ class FaissIndex:
         with self._lock:  # add() only appends, so these rowids mean the same in a newer store
             by_rowid = _fetch(self._db, "rowid", wanted)
         return [
-            [
-                replace(by_rowid[int(r)], score=float(s))
-                for s, r in zip(row_scores, row_ids, strict=True)
-                if r >= 0
-            ]
+            [replace(by_rowid[int(r)], score=float(s)) for s, r in zip(row_scores, row_ids, strict=True) if r >= 0]
             for row_scores, row_ids in zip(scores, rowids, strict=True)
         ]
 
@@ -254,9 +246,7 @@ class FaissIndex:
             by_id = {p.id: p for p in _fetch(self._db, "id", list(dict.fromkeys(ids))).values()}
         missing = [i for i in ids if i not in by_id]
         if missing:
-            raise KeyError(
-                f"not in the index: {', '.join(missing[:10])}" + (" ..." if len(missing) > 10 else "")
-            )
+            raise KeyError(f"not in the index: {', '.join(missing[:10])}" + (" ..." if len(missing) > 10 else ""))
         return [by_id[i] for i in ids]
 
     def __len__(self) -> int:
@@ -330,9 +320,7 @@ def _index_new(
         for batch in _batches(passages, batch_size):
             for passage in batch:
                 if passage.id in seen:
-                    raise ValueError(
-                        f"duplicate passage id {passage.id!r}; ids must be unique within a corpus"
-                    )
+                    raise ValueError(f"duplicate passage id {passage.id!r}; ids must be unique within a corpus")
                 seen.add(passage.id)
             ids = np.arange(count, count + len(batch), dtype=np.int64)
             vectors = _encode(embedder, [embedding_text(p) for p in batch], batch_size)
@@ -378,10 +366,7 @@ def _create_db(path: Path) -> sqlite3.Connection:
 
 
 def _insert(db: sqlite3.Connection, rowids: np.ndarray, passages: list[Passage]) -> None:
-    rows = [
-        (int(rowid), p.id, p.title, p.text, _metadata_json(p))
-        for rowid, p in zip(rowids, passages, strict=True)
-    ]
+    rows = [(int(rowid), p.id, p.title, p.text, _metadata_json(p)) for rowid, p in zip(rowids, passages, strict=True)]
     db.executemany("INSERT INTO docs (rowid, id, title, text, metadata) VALUES (?, ?, ?, ?, ?)", rows)
 
 
@@ -417,8 +402,7 @@ def _load(directory: Path, manifest: Manifest) -> tuple[Any, sqlite3.Connection]
         faiss.extract_index_ivf(index).nprobe = manifest.ivf_nprobe
     if index.ntotal != manifest.count:
         raise ValueError(
-            f"index at {directory} is inconsistent ({index.ntotal} vectors, manifest says "
-            f"{manifest.count}); rebuild it"
+            f"index at {directory} is inconsistent ({index.ntotal} vectors, manifest says {manifest.count}); rebuild it"
         )
     # Read-only: writes only ever happen in a staging copy. Searches may come from several threads.
     db = sqlite3.connect(f"file:{directory / DOCS_FILE}?mode=ro", uri=True, check_same_thread=False)
@@ -431,9 +415,7 @@ def _check_replaceable(directory: Path) -> None:
         if not directory.is_dir():
             raise NotADirectoryError(f"{directory} exists and is not a directory")
         if any(directory.iterdir()) and not (directory / MANIFEST_FILE).is_file():
-            raise FileExistsError(
-                f"{directory} is not empty and holds no ragctx index; refusing to replace it"
-            )
+            raise FileExistsError(f"{directory} is not empty and holds no ragctx index; refusing to replace it")
 
 
 @contextmanager

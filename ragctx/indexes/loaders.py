@@ -128,9 +128,7 @@ def _read_jsonl(path: Path, stem: str) -> Iterator[Passage]:
                         yield passage
     except UnicodeDecodeError as exc:
         # The decoder reads ahead, so the line is approximate.
-        raise DocumentFormatError(
-            f"{path}:{line_no + 1}: not UTF-8 text near this line ({exc.reason})"
-        ) from None
+        raise DocumentFormatError(f"{path}:{line_no + 1}: not UTF-8 text near this line ({exc.reason})") from None
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise DocumentFormatError(f"{path}: damaged gzip file ({exc})") from None
 
@@ -152,9 +150,7 @@ def _jsonl_passage(line: str, path: Path, stem: str, line_no: int) -> Passage | 
     if doc_id is None:
         doc_id = f"{stem}:{line_no}"
     elif isinstance(doc_id, bool) or not isinstance(doc_id, str | int):
-        raise DocumentFormatError(
-            f'{where}: "id" must be a string or an integer (got {type(doc_id).__name__})'
-        )
+        raise DocumentFormatError(f'{where}: "id" must be a string or an integer (got {type(doc_id).__name__})')
     title = row.pop("title", None)
     if title is not None and not isinstance(title, str):
         raise DocumentFormatError(f'{where}: "title" must be a string (got {type(title).__name__})')

@@ -29,9 +29,15 @@ def _ehpc(f: StageFactory) -> UnitScorer:
 
     lm = f.models.scorer()
     s = f.settings
-    return EHPCScorer(
-        lm, load_heads(s.resolved_cache_dir(), lm), s.ehpc_granularity, s.ehpc_pool, s.ehpc_chunk_tokens
-    )
+    return EHPCScorer(lm, load_heads(s.resolved_cache_dir(), lm), s.ehpc_granularity, s.ehpc_pool, s.ehpc_chunk_tokens)
+
+
+def _exit(f: StageFactory) -> UnitScorer:
+    from ragctx.compressors.exit import ExitCrossEncoderScorer, ExitLMScorer
+
+    if f.settings.exit_model:
+        return ExitCrossEncoderScorer(f.models.exit_classifier(f.settings.exit_model))
+    return ExitLMScorer(f.models.scorer())
 
 
 # Compression methods: name -> how to build its scorer. Selection is shared (CompressStage).
@@ -41,6 +47,7 @@ COMPRESSORS: dict[str, Callable[[StageFactory], UnitScorer]] = {
     "random-drop": lambda f: RandomSentenceDrop(),
     "embed-passages": lambda f: EmbeddingPassageFilter(f.models.embedder()),
     "ehpc": _ehpc,
+    "exit": _exit,
 }
 
 STAGE_HELP: dict[str, str] = {
@@ -58,6 +65,7 @@ STAGE_HELP: dict[str, str] = {
     "random-drop": "keep random sentences within the budget (seeded)",
     "embed-passages": "keep whole passages by embedding cosine to the question within the budget",
     "ehpc": "evaluator-head token compression: question attention through calibrated early heads",
+    "exit": "EXIT: keep sentences the classifier finds useful (P(Yes) >= tau, default 0.5) or the best in budget",
 }
 
 
@@ -118,9 +126,7 @@ class StageFactory:
             from ragctx.reordering.attention import AttentionSortStage
 
             layers = tuple(s.attention_layers) if s.attention_layers else None
-            return AttentionSortStage(
-                self.models.reader(), s.attention_sort_rounds, layers, s.attention_aggregate
-            )
+            return AttentionSortStage(self.models.reader(), s.attention_sort_rounds, layers, s.attention_aggregate)
         if name == "attnrank":
             from ragctx.reordering.attention import AttnRankStage
 

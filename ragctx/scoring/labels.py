@@ -69,9 +69,7 @@ class LabelStage:
             else:
                 p.label = "irrelevant"
         distracting = [p for p in kept if p.label == "distracting"]
-        state.notes["labels"] = {
-            x: sum(p.label == x for p in kept) for x in ("relevant", "distracting", "irrelevant")
-        }
+        state.notes["labels"] = {x: sum(p.label == x for p in kept) for x in ("relevant", "distracting", "irrelevant")}
         if self.policy == "drop":
             for p in distracting:
                 p.spans = []

@@ -42,9 +42,7 @@ def _returned_cache(out: object) -> object:
     return getattr(out, "cache", None) or getattr(out, "past_key_values", None)
 
 
-def last_token_logits(
-    lm: LanguageModel, sequences: Sequence[Sequence[int]], batch_size: int = 16
-) -> torch.Tensor:
+def last_token_logits(lm: LanguageModel, sequences: Sequence[Sequence[int]], batch_size: int = 16) -> torch.Tensor:
     """Logits (B, V) at the last position of every sequence, in fp32 on the CPU."""
     if not sequences:
         return torch.empty(0)

@@ -1,0 +1,161 @@
+"""The context endpoints (/v1/context, /v1/compress, /v1/documents, /v1/rerank) and the operational ones."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import anyio.to_thread
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from ragctx.api.errors import ApiError, error_body
+from ragctx.api.limits import run_in_thread
+from ragctx.api.schemas import (
+    CompressRequest,
+    ContextRequest,
+    ContextResponse,
+    DocumentsRequest,
+    DocumentsResponse,
+    HealthResponse,
+    RerankRequest,
+    RerankResponse,
+    RerankResult,
+)
+from ragctx.api.service import Service
+
+router = APIRouter()
+
+
+def service_of(request: Request) -> Service:
+    service: Service = request.app.state.service
+    return service
+
+
+def check_passage_count(service: Service, count: int, what: str = "passages") -> None:
+    limit = service.settings.max_passages
+    if count > limit:
+        service.metrics.rejections.labels("too_large").inc()
+        raise ApiError(413, f"{count} {what} in one request; the limit is {limit} (max_passages)")
+
+
+@router.post("/v1/context", response_model=ContextResponse, tags=["context"])
+async def context(body: ContextRequest, request: Request) -> dict[str, Any]:
+    """Retrieve passages for the question from the index and run the pipeline over them."""
+    service = service_of(request)
+    budget = body.to_budget(service.engine.default_budget())
+    slot = service.admit()
+    try:
+        with service.deadline():
+            ctx = await run_in_thread(
+                slot, lambda: service.build_context(body.question, None, budget, body.method, body.stages)
+            )
+    finally:
+        slot.release()
+    service.metrics.observe_context(ctx, "/v1/context")
+    return ctx.to_dict()
+
+
+@router.post("/v1/compress", response_model=ContextResponse, tags=["context"])
+async def compress(body: CompressRequest, request: Request) -> dict[str, Any]:
+    """Run the pipeline (without retrieval) over the caller's passages."""
+    service = service_of(request)
+    check_passage_count(service, len(body.passages))
+    budget = body.to_budget(service.engine.default_budget())
+    passages = [p.to_passage() for p in body.passages]
+    slot = service.admit()
+    try:
+        with service.deadline():
+            ctx = await run_in_thread(
+                slot, lambda: service.build_context(body.question, passages, budget, body.method, body.stages)
+            )
+    finally:
+        slot.release()
+    service.metrics.observe_context(ctx, "/v1/compress")
+    return ctx.to_dict()
+
+
+@router.post("/v1/documents", response_model=DocumentsResponse, tags=["index"])
+async def documents(body: DocumentsRequest, request: Request) -> DocumentsResponse:
+    """Add passages to the index (creating it if there is none); ids already present are skipped."""
+    service = service_of(request)
+    check_passage_count(service, len(body.passages))
+    passages = [p.to_passage() for p in body.passages]
+    slot = service.admit()
+    try:
+        # No time limit: an index write abandoned half-way would still finish, so a 504 would mislead.
+        result = await run_in_thread(slot, lambda: service.ingest(passages))
+    finally:
+        slot.release()
+    return DocumentsResponse(
+        added=result.added,
+        skipped_duplicates=result.skipped_duplicates,
+        count=result.count,
+        created=result.created,
+    )
+
+
+@router.post("/v1/rerank", response_model=RerankResponse, tags=["rerank"])
+@router.post("/v2/rerank", response_model=RerankResponse, include_in_schema=False)  # Cohere's v2 clients
+async def rerank(body: RerankRequest, request: Request) -> JSONResponse:
+    """Cohere-compatible reranking: documents by cosine similarity of their embedding to the query's."""
+    service = service_of(request)
+    check_passage_count(service, len(body.documents), "documents")
+    texts = [body.document_text(d) for d in body.documents]
+    slot = service.admit()
+    try:
+        with service.deadline():
+            vectors = await service.embed_batcher.submit_many([body.query, *texts])
+    finally:
+        slot.release()
+    scores = np.stack(vectors[1:]) @ vectors[0]
+    ranked = sorted(range(len(texts)), key=lambda i: -float(scores[i]))[: body.top_n]
+    results = [
+        RerankResult(
+            index=i,
+            relevance_score=float(scores[i]),
+            document=(_as_document(body.documents[i]) if body.return_documents else None),
+        )
+        for i in ranked
+    ]
+    meta = {
+        "api_version": {"version": "2"},
+        "billed_units": {"search_units": 1},
+        "ragctx": {"scorer": f"embedder:{service.settings.embedder}", "similarity": "cosine"},
+    }
+    response = RerankResponse(id=str(uuid.uuid4()), results=results, meta=meta)
+    # As Cohere does: no `document` key at all unless documents were asked for.
+    omit = None if body.return_documents else {"results": {"__all__": {"document"}}}
+    return JSONResponse(response.model_dump(exclude=omit))
+
+
+def _as_document(doc: str | dict[str, Any]) -> dict[str, Any]:
+    return {"text": doc} if isinstance(doc, str) else doc
+
+
+@router.get("/healthz", response_model=HealthResponse, tags=["operations"])
+async def healthz() -> HealthResponse:
+    """The process answers (no dependency is checked: that is /readyz)."""
+    return HealthResponse()
+
+
+@router.get("/readyz", tags=["operations"])
+async def readyz(request: Request) -> JSONResponse:
+    """Models loaded, index open (or absent), Redis reachable (or not configured): 200, else 503."""
+    checks, failing = await anyio.to_thread.run_sync(service_of(request).readiness)
+    if not failing:
+        return JSONResponse({"status": "ready", "checks": checks})
+    reasons = "; ".join(f"{name}: {checks[name]}" for name in failing)
+    body = {
+        "status": "not ready",
+        "checks": checks,
+        **error_body(f"not ready ({reasons})", "unavailable_error"),
+    }
+    return JSONResponse(body, status_code=503)
+
+
+@router.get("/metrics", tags=["operations"])
+async def metrics(request: Request) -> Response:
+    return Response(service_of(request).metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,240 @@
+"""Request and response models of the REST API (pydantic: this is the boundary)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from ragctx.pipeline.registry import compression_methods, known_stage_names
+from ragctx.pipeline.state import Budget
+from ragctx.types import Passage
+
+
+def _id_as_text(value: Any) -> Any:
+    # Callers' ids are often integers; passage ids are strings everywhere inside.
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+PassageId = Annotated[str, BeforeValidator(_id_as_text), Field(min_length=1)]
+
+
+class PassageIn(BaseModel):
+    """A caller's passage. Keys other than these go into `metadata`, as in `ragctx compress`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: PassageId
+    text: str
+    title: str = ""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    score: float | None = Field(default=None, description="The caller's retrieval score, if any.")
+
+    def to_passage(self) -> Passage:
+        metadata = {**self.metadata, **(self.model_extra or {})}
+        return Passage(id=self.id, text=self.text, title=self.title, metadata=metadata, score=self.score)
+
+
+class BudgetFields(BaseModel):
+    """How much context to keep and how; everything optional (the service's settings fill the rest)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    budget: int | None = Field(default=None, ge=1, description="Token budget of the context.")
+    rate: float | None = Field(default=None, gt=0.0, le=1.0, description="Keep this fraction of the tokens.")
+    threshold: float | None = Field(default=None, description="Keep only units scoring at least this.")
+    top_k: int | None = Field(default=None, ge=1, description="Keep at most this many units.")
+    method: str | None = Field(default=None, description="Compression method (`none` = no compression).")
+    stages: list[str] | None = Field(default=None, description="Pipeline stages, in order.")
+
+    @model_validator(mode="after")
+    def _one_limit(self) -> BudgetFields:
+        if self.budget is not None and self.rate is not None:
+            raise ValueError("give a token budget or a rate, not both")
+        return self
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str | None) -> str | None:
+        if value is not None and value not in compression_methods():
+            raise ValueError(f"unknown method {value!r}; known: {compression_methods()}")
+        return value
+
+    @field_validator("stages")
+    @classmethod
+    def _known_stages(cls, value: list[str] | None) -> list[str] | None:
+        unknown = [s for s in value or [] if s not in known_stage_names()]
+        if unknown:
+            raise ValueError(f"unknown stage(s) {unknown}; known: {sorted(known_stage_names())}")
+        return value
+
+    def to_budget(self, default: Budget) -> Budget:
+        if self.budget is None and self.rate is None:
+            return Budget(tokens=default.tokens, rate=default.rate, threshold=self.threshold, top_k=self.top_k)
+        return Budget(tokens=self.budget, rate=self.rate, threshold=self.threshold, top_k=self.top_k)
+
+
+Question = Annotated[str, Field(min_length=1, max_length=10_000, pattern=r"\S")]
+
+
+class ContextRequest(BudgetFields):
+    question: Question
+
+
+class CompressRequest(BudgetFields):
+    question: Question
+    passages: list[PassageIn] = Field(min_length=1)
+
+
+# ---- the context response: CompressedContext.to_dict(), field for field ----------------------------------
+
+
+class SpanOut(BaseModel):
+    start: int
+    end: int
+    text: str
+
+
+class PassageOut(BaseModel):
+    id: str
+    title: str
+    retrieval_score: float | None
+    label: str | None
+    scores: dict[str, float]
+    metadata: dict[str, Any]
+    spans: list[SpanOut]
+
+
+class StageStatsOut(BaseModel):
+    name: str
+    tokens_in: int
+    tokens_out: int
+    ms: float
+    cache_hits: int
+    details: dict[str, Any]
+
+
+class ContextResponse(BaseModel):
+    question: str
+    context: str
+    tokenizer: str
+    order: list[str]
+    tokens_in: int
+    tokens_out: int
+    passages: list[PassageOut]
+    stats: list[StageStatsOut]
+
+
+# ---- documents -----------------------------------------------------------------------------------------
+
+
+class DocumentsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    passages: list[PassageIn] = Field(min_length=1)
+
+
+class DocumentsResponse(BaseModel):
+    added: int
+    skipped_duplicates: list[str]
+    count: int = Field(description="Passages in the index now.")
+    created: bool = Field(description="Whether this request created the index.")
+
+
+# ---- rerank (Cohere's shape) ----------------------------------------------------------------------------
+
+
+class RerankRequest(BaseModel):
+    # Cohere's clients send fields ragctx does not use (max_chunks_per_doc, max_tokens_per_doc, ...).
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    query: str = Field(min_length=1)
+    documents: list[str | dict[str, Any]] = Field(min_length=1)
+    top_n: int | None = Field(default=None, ge=1)
+    return_documents: bool = False
+    rank_fields: list[str] | None = None
+
+    @field_validator("documents")
+    @classmethod
+    def _documents_have_text(cls, docs: list[str | dict[str, Any]]) -> list[str | dict[str, Any]]:
+        for i, doc in enumerate(docs):
+            if isinstance(doc, dict) and not isinstance(doc.get("text"), str):
+                raise ValueError(f'documents[{i}] is an object without a string "text"')
+        return docs
+
+    def document_text(self, doc: str | dict[str, Any]) -> str:
+        if isinstance(doc, str):
+            return doc
+        if self.rank_fields:  # Cohere ranks structured documents on these fields, as `key: value` lines
+            return "\n".join(f"{k}: {doc[k]}" for k in self.rank_fields if k in doc)
+        return str(doc["text"])
+
+
+class RagctxScores(BaseModel):
+    """ragctx's own judgement of a document; filled by the scoring stages once they exist."""
+
+    label: str | None = None
+    distracting_effect: float | None = None
+
+
+class RerankResult(BaseModel):
+    index: int
+    relevance_score: float
+    document: dict[str, Any] | None = None
+    ragctx: RagctxScores = Field(default_factory=RagctxScores)
+
+
+class RerankResponse(BaseModel):
+    id: str
+    results: list[RerankResult]
+    meta: dict[str, Any]
+
+
+# ---- chat completions (OpenAI's shape; only what ragctx reads is declared) -----------------------------
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        parts = self.content or []
+        return "\n".join(str(p.get("text", "")) for p in parts if p.get("type") == "text")
+
+
+class ChatContextOptions(BudgetFields):
+    """The extra body field `ragctx`: passages to use instead of retrieval, and how much to keep."""
+
+    passages: list[PassageIn] | None = None
+
+
+class ChatRequest(BaseModel):
+    # Everything else (temperature, tools, ...) goes upstream untouched.
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    max_tokens: int | None = Field(default=None, ge=1)
+    ragctx: ChatContextOptions = Field(default_factory=ChatContextOptions)
+
+    @model_validator(mode="after")
+    def _has_question(self) -> ChatRequest:
+        self.question()
+        return self
+
+    def question(self) -> str:
+        """The last user message: what the context is built for."""
+        for message in reversed(self.messages):
+            if message.role == "user" and message.text().strip():
+                return message.text()
+        raise ValueError("no user message with text to take the question from")
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"] = "ok"

@@ -1,0 +1,213 @@
+"""What one running service holds: the engine and its models, limits, metrics, the batcher, the upstream."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import httpx
+import numpy as np
+
+from ragctx.api.batching import MicroBatcher
+from ragctx.api.errors import ApiError
+from ragctx.api.limits import ConcurrencyLimiter, Slot, time_limit
+from ragctx.api.metrics import ServiceMetrics
+from ragctx.config import Settings
+from ragctx.engine import ContextEngine
+from ragctx.pipeline.state import Budget
+from ragctx.reader import LocalReader
+from ragctx.types import CompressedContext, Passage
+
+if TYPE_CHECKING:
+    from ragctx.indexes.faiss_index import AddResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IngestResult:
+    added: int
+    skipped_duplicates: list[str]
+    count: int
+    created: bool
+
+
+@dataclass
+class Service:
+    settings: Settings
+    engine: ContextEngine
+    metrics: ServiceMetrics = field(default_factory=ServiceMetrics)
+    limiter: ConcurrencyLimiter = field(init=False)
+    embed_batcher: MicroBatcher[str, np.ndarray] = field(init=False)
+    upstream: httpx.AsyncClient | None = None
+    reader: LocalReader | None = None
+    # Index writes copy the index and swap it in: two at once would lose one of them.
+    _index_write_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.limiter = ConcurrencyLimiter(self.settings.max_concurrency)
+        self.embed_batcher = MicroBatcher(
+            self._embed,
+            max_batch_size=self.settings.batch_max_size,
+            max_wait_ms=self.settings.batch_max_wait_ms,
+            on_batch=self.metrics.batch_size.labels("embedder").observe,
+        )
+
+    # ---- life cycle ---------------------------------------------------------------------------------
+
+    def load_models(self) -> None:
+        """Everything a request needs, loaded now rather than on the first request (blocking)."""
+        self.engine.models.embedder()
+        _ = self.engine.counter  # the target tokenizer
+        _ = self.engine.retriever  # opens the index if there is one
+        if self.settings.upstream_base_url is None:
+            self.reader = LocalReader(self.engine.models.reader())
+
+    async def start(self) -> None:
+        await self.embed_batcher.start()
+        s = self.settings
+        if s.upstream_base_url:
+            headers = {"Authorization": f"Bearer {s.upstream_api_key.get_secret_value()}"} if s.upstream_api_key else {}
+            self.upstream = httpx.AsyncClient(
+                base_url=s.upstream_base_url,
+                headers=headers,
+                timeout=httpx.Timeout(s.request_timeout_s, connect=min(10.0, s.request_timeout_s)),
+            )
+
+    async def stop(self) -> None:
+        await self.embed_batcher.close()
+        if self.upstream is not None:
+            await self.upstream.aclose()
+
+    # ---- admission -----------------------------------------------------------------------------------
+
+    def admit(self) -> Slot:
+        """A slot of `max_concurrency`, or 429 with Retry-After; release it when the request is done."""
+        try:
+            return self.limiter.admit()
+        except ApiError:
+            self.metrics.rejections.labels("busy").inc()
+            raise
+
+    def deadline(self) -> AbstractContextManager[None]:
+        """The request's time limit: past `request_timeout_s` the work inside is cancelled, and 504."""
+        return time_limit(self.settings.request_timeout_s, self.metrics.rejections.labels("timeout").inc)
+
+    # ---- work (blocking: called in worker threads) --------------------------------------------------
+
+    def build_context(
+        self,
+        question: str,
+        passages: list[Passage] | None,
+        budget: Budget,
+        method: str | None,
+        stages: list[str] | None,
+    ) -> CompressedContext:
+        """The pipeline over `passages`, or over what the index retrieves when there are none."""
+        base = stages if stages is not None else self.settings.stages
+        if passages:
+            names = [s for s in base if s != "retrieve"]
+        else:
+            if self.engine.retriever is None:
+                raise ApiError(
+                    409,
+                    "no passages were given and the service has no index yet; POST /v1/documents first",
+                    "no_index",
+                )
+            names = base if "retrieve" in base else ["retrieve", *base]
+        try:
+            return self.engine.run(question, passages, method=method, budget=budget, stages=names)
+        except ValueError as exc:  # bad combinations the request models cannot see (duplicate ids, ...)
+            raise ApiError(400, str(exc)) from None
+
+    def ingest(self, passages: list[Passage]) -> IngestResult:
+        from ragctx.indexes.faiss_index import FaissIndex
+
+        with self._index_write_lock:
+            retriever = self.engine.retriever
+            if retriever is None:
+                unique, repeated = _first_of_each_id(passages)
+                s = self.settings
+                built = FaissIndex.build(
+                    s.resolved_index_dir(),
+                    unique,
+                    self.engine.models.embedder(),
+                    embedder_name=s.embedder,
+                    index_type=s.index_type,
+                    ivf_nlist=s.ivf_nlist,
+                    hnsw_m=s.hnsw_m,
+                )
+                count = len(built)
+                built.close()  # the engine opens the index itself on its next use
+                return IngestResult(len(unique), repeated, count, created=True)
+            if not isinstance(retriever, FaissIndex):
+                raise ApiError(409, "this service retrieves from a retriever that does not accept documents")
+            result: AddResult = retriever.add(passages)
+            return IngestResult(result.added, result.skipped_duplicates, len(retriever), created=False)
+
+    def _embed(self, texts: list[str]) -> list[np.ndarray]:
+        vectors = self.engine.models.embedder().encode(
+            texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        )
+        return list(np.asarray(vectors, dtype=np.float32))
+
+    def readiness(self) -> tuple[dict[str, str], list[str]]:
+        """Each dependency's state, and the names of those that keep the service from being ready."""
+        loaded = set(self.engine.models.load_ms)
+        needed = {"embedder", "target_tokenizer"}
+        if self.settings.upstream_base_url is None:
+            needed.add("reader" if self.settings.reader_model != self.settings.scorer_model else "scorer")
+        missing = sorted(needed - loaded)
+        checks = {"models": "loaded" if not missing else f"not loaded: {', '.join(missing)}"}
+        failing = ["models"] if missing else []
+        try:
+            retriever = self.engine.retriever
+            checks["index"] = "absent" if retriever is None else f"open ({_size_of(retriever)} passages)"
+        except (OSError, ValueError) as exc:
+            checks["index"] = f"error: {exc}"
+            failing.append("index")
+        checks["redis"] = _redis_status(self.settings.redis_url)
+        if checks["redis"] not in ("ok", "not configured"):
+            failing.append("redis")
+        return checks, failing
+
+
+def _first_of_each_id(passages: list[Passage]) -> tuple[list[Passage], list[str]]:
+    seen: set[str] = set()
+    unique: list[Passage] = []
+    repeated: list[str] = []
+    for p in passages:
+        if p.id in seen:
+            repeated.append(p.id)
+        else:
+            seen.add(p.id)
+            unique.append(p)
+    return unique, repeated
+
+
+def _size_of(retriever: object) -> str:
+    try:
+        return str(len(retriever))  # type: ignore[arg-type]
+    except TypeError:
+        return "?"
+
+
+def _redis_status(url: str | None) -> str:
+    if not url:
+        return "not configured"
+    try:
+        import redis
+    except ImportError:
+        return "unreachable: the redis package is not installed (pip install 'ragctx[redis]')"
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except Exception as exc:  # any failure means "not ready"; the message says which
+        return f"unreachable: {exc}"
+    return "ok"

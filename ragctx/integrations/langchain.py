@@ -1,0 +1,280 @@
+"""LangChain components backed by ragctx (`pip install 'ragctx[langchain]'`).
+
+- `RagctxCompressor`: a document compressor (e.g. for `ContextualCompressionRetriever`): keeps the spans of
+  the retrieved documents that the pipeline keeps, within a token budget, and says where they came from.
+- `RagctxRetriever`: retrieval + compression in one retriever, from the ragctx index.
+- `AttentionReorder`: a document transformer that runs one reorder stage (lost in the middle now; the
+  model-aware orders plug in by name).
+
+Each runs in process (`engine=`, or a `ContextEngine` from the environment's settings when nothing is given)
+or against a ragctx server (`base_url=`, `api_key=`). The async methods are real: in process the pipeline
+runs in a worker thread, against a server the request goes through `httpx.AsyncClient`.
+
+Every returned Document carries `metadata["ragctx"]`: `passage_id`, `spans` (`[[start, end], ...]`, character
+offsets into the passage text), `scores`, `label` and `retrieval_score`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
+
+from ragctx.engine import ContextEngine
+from ragctx.integrations.backends import (
+    Backend,
+    InProcessBackend,
+    KeptPassage,
+    RequestOptions,
+    ServerBackend,
+    ServerError,
+    read_kept_passages,
+)
+from ragctx.pipeline.registry import known_stage_names
+from ragctx.reordering.orders import ORDER_NAMES
+from ragctx.types import Passage
+
+try:
+    from langchain_core.callbacks import (
+        AsyncCallbackManagerForRetrieverRun,
+        CallbackManagerForRetrieverRun,
+        Callbacks,
+    )
+    from langchain_core.documents import BaseDocumentCompressor, BaseDocumentTransformer, Document
+    from langchain_core.retrievers import BaseRetriever
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError("ragctx.integrations.langchain needs langchain-core: pip install 'ragctx[langchain]'") from exc
+
+__all__ = ["AttentionReorder", "RagctxCompressor", "RagctxRetriever", "ServerError"]
+
+PROVENANCE_KEY = "ragctx"
+# Metadata keys under which LangChain retrievers and rerankers commonly report a score (Cohere, FlashRank).
+_SCORE_KEYS = ("score", "relevance_score", "similarity")
+# Query-free orders still run through the pipeline, which wants a question; this one is never read.
+_NO_QUERY = "(no query: the order does not depend on it)"
+
+
+class _RagctxConnection(BaseModel):
+    """Where ragctx runs: in this process (`engine`) or on a server (`base_url`)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    engine: ContextEngine | None = Field(
+        default=None,
+        description="In-process mode: the engine to run. Left out (and no base_url): a ContextEngine built "
+        "from the environment's settings on first use.",
+    )
+    base_url: str | None = Field(default=None, description="Server mode: the ragctx server, e.g. http://host:8000")
+    api_key: SecretStr | None = Field(default=None, description="Server mode: sent as `Authorization: Bearer`.")
+    timeout_s: float = Field(default=60.0, gt=0, description="Server mode: seconds to wait for an answer.")
+
+    _backend: Backend | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> _RagctxConnection:
+        if self.engine is not None and self.base_url is not None:
+            raise ValueError("give an engine (in process) or a base_url (server), not both")
+        return self
+
+    def backend(self) -> Backend:
+        if self._backend is None:
+            if self.base_url is not None:
+                key = self.api_key.get_secret_value() if self.api_key is not None else None
+                self._backend = ServerBackend(self.base_url, key, self.timeout_s)
+            else:
+                self._backend = InProcessBackend(self.engine or ContextEngine())
+        return self._backend
+
+
+class _RagctxCompression(_RagctxConnection):
+    """What to keep; None means the engine's (or server's) configured default."""
+
+    method: str | None = Field(default=None, description="Compression method (`ragctx stages`), `none` = off.")
+    budget_tokens: int | None = Field(default=None, ge=1, description="Token budget of the whole context.")
+    rate: float | None = Field(default=None, gt=0, le=1, description="Or: fraction of the tokens to keep.")
+    threshold: float | None = Field(default=None, description="Keep only units scoring at least this.")
+    top_k: int | None = Field(default=None, ge=1, description="Keep at most this many units (sentences, ...).")
+    stages: list[str] | None = Field(default=None, description="Pipeline stages, in order.")
+
+    @model_validator(mode="after")
+    def _budget_or_rate(self) -> _RagctxCompression:
+        if self.budget_tokens is not None and self.rate is not None:
+            raise ValueError("give budget_tokens or rate, not both")
+        return self
+
+    def request_options(self) -> RequestOptions:
+        return RequestOptions(
+            method=self.method,
+            budget_tokens=self.budget_tokens,
+            rate=self.rate,
+            threshold=self.threshold,
+            top_k=self.top_k,
+            stages=tuple(self.stages) if self.stages is not None else None,
+        )
+
+
+class RagctxCompressor(_RagctxCompression, BaseDocumentCompressor):
+    """Compresses retrieved documents with the ragctx pipeline.
+
+    Returns one Document per passage that keeps something, in the pipeline's order; its text is the kept
+    spans joined by a space, its metadata the input's (copied) plus `metadata["ragctx"]`, whose spans are
+    offsets into the input's `page_content`. Passage ids are metadata `id`, else `Document.id`, else the
+    position in the input; they must be unique.
+    """
+
+    def compress_documents(
+        self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
+    ) -> Sequence[Document]:
+        if not documents:
+            return []
+        passages = passages_of(documents)
+        answer = self.backend().compress(query, passages, self.request_options())
+        return compressed_documents(documents, passages, read_kept_passages(answer))
+
+    async def acompress_documents(
+        self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
+    ) -> Sequence[Document]:
+        if not documents:
+            return []
+        passages = passages_of(documents)
+        answer = await self.backend().acompress(query, passages, self.request_options())
+        return compressed_documents(documents, passages, read_kept_passages(answer))
+
+
+class RagctxRetriever(_RagctxCompression, BaseRetriever):
+    """Retrieves from the ragctx index and compresses, in one step.
+
+    Returns one Document per passage that keeps something, in the pipeline's order: its text is the kept
+    spans joined by a space, its metadata the passage's (plus `title`) and `metadata["ragctx"]`, whose
+    spans are offsets into the indexed passage text. A `stages` list without `retrieve` gets it in front.
+    How many passages are retrieved is the engine's (or server's) `top_k` setting; the `top_k` field here,
+    as in the REST API, caps the units kept.
+    """
+
+    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
+        answer = self.backend().context(query, self.request_options())
+        return [retrieved_document(p) for p in read_kept_passages(answer)]
+
+    async def _aget_relevant_documents(
+        self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun
+    ) -> list[Document]:
+        answer = await self.backend().acontext(query, self.request_options())
+        return [retrieved_document(p) for p in read_kept_passages(answer)]
+
+
+class AttentionReorder(_RagctxConnection, BaseDocumentTransformer):
+    """Reorders documents with one ragctx reorder stage, through the same pipeline code.
+
+    The query comes from the `query` keyword of `transform_documents`, else from the `query` field; the
+    lost-in-the-middle orders don't need one, model-aware orders do. Documents come back unchanged (metadata
+    copied, plus `metadata["ragctx"]`), only reordered.
+    """
+
+    stage: str = Field(default="reorder-lim-langchain", description="The reorder stage (`ragctx stages`).")
+    query: str | None = Field(default=None, description="Query used when transform_documents gets none.")
+
+    @model_validator(mode="after")
+    def _known_stage(self) -> AttentionReorder:
+        # A server may know stages this client does not, so only in-process names are checked here.
+        if self.base_url is None and self.stage not in known_stage_names():
+            raise ValueError(f"unknown stage {self.stage!r}; known: {sorted(known_stage_names())}")
+        return self
+
+    def transform_documents(self, documents: Sequence[Document], **kwargs: Any) -> Sequence[Document]:
+        if not documents:
+            return []
+        passages = passages_of(documents)
+        answer = self.backend().compress(self._question(kwargs), passages, self._options())
+        return compressed_documents(documents, passages, read_kept_passages(answer))
+
+    async def atransform_documents(self, documents: Sequence[Document], **kwargs: Any) -> Sequence[Document]:
+        if not documents:
+            return []
+        passages = passages_of(documents)
+        answer = await self.backend().acompress(self._question(kwargs), passages, self._options())
+        return compressed_documents(documents, passages, read_kept_passages(answer))
+
+    def _options(self) -> RequestOptions:
+        # method "none": only this stage runs, whatever compression the engine or server is configured with.
+        return RequestOptions(method="none", stages=(self.stage,))
+
+    def _question(self, kwargs: Mapping[str, Any]) -> str:
+        query = kwargs.get("query") or self.query
+        if query:
+            return str(query)
+        if self.stage in ORDER_NAMES:
+            return _NO_QUERY
+        raise ValueError(f"stage {self.stage!r} needs the query: transform_documents(documents, query=...)")
+
+
+def passages_of(documents: Sequence[Document]) -> list[Passage]:
+    """Documents as passages: id from metadata `id`, else `Document.id`, else the position; unique."""
+    passages = [_passage_of(doc, position) for position, doc in enumerate(documents)]
+    seen: set[str] = set()
+    for p in passages:
+        if p.id in seen:
+            raise ValueError(f"two documents have the id {p.id!r}; ids (metadata `id` or Document.id) must be unique")
+        seen.add(p.id)
+    return passages
+
+
+def _passage_of(document: Document, position: int) -> Passage:
+    metadata = dict(document.metadata)
+    doc_id = next((v for v in (metadata.get("id"), document.id) if v not in (None, "")), position)
+    title = metadata.get("title")
+    score = next(
+        (float(metadata[k]) for k in _SCORE_KEYS if isinstance(metadata.get(k), int | float)),
+        None,
+    )
+    return Passage(
+        id=str(doc_id),
+        text=document.page_content,
+        title=str(title) if title is not None else "",
+        metadata=metadata,
+        score=score,
+    )
+
+
+def compressed_documents(
+    documents: Sequence[Document], passages: Sequence[Passage], kept: Sequence[KeptPassage]
+) -> list[Document]:
+    """The input documents that keep something, in the answer's order, cut to their kept spans."""
+    by_id = {p.id: doc for p, doc in zip(passages, documents, strict=True)}
+    out = []
+    for result in kept:
+        doc = by_id.get(result.id)
+        if doc is None:
+            raise ServerError(f"the answer has passage {result.id!r}, which was not among the documents sent")
+        text = doc.page_content
+        for span in result.spans:
+            # The server must cut our own text; a mismatch means the offsets would mislead the caller.
+            if not 0 <= span.start <= span.end <= len(text) or text[span.start : span.end] != span.text:
+                raise ServerError(f"span [{span.start}, {span.end}) of passage {result.id!r} is not in its text")
+        out.append(
+            Document(
+                page_content=" ".join(text[s.start : s.end] for s in result.spans),
+                metadata={**doc.metadata, PROVENANCE_KEY: provenance(result)},
+                id=doc.id,
+            )
+        )
+    return out
+
+
+def retrieved_document(result: KeptPassage) -> Document:
+    metadata = dict(result.metadata)
+    if result.title:
+        metadata.setdefault("title", result.title)
+    metadata[PROVENANCE_KEY] = provenance(result)
+    return Document(page_content=result.text, metadata=metadata, id=result.id)
+
+
+def provenance(result: KeptPassage) -> dict[str, Any]:
+    """`metadata["ragctx"]`: which passage, which character ranges of it, and the scores that decided."""
+    return {
+        "passage_id": result.id,
+        "spans": [[s.start, s.end] for s in result.spans],
+        "scores": dict(result.scores),
+        "label": result.label,
+        "retrieval_score": result.retrieval_score,
+    }

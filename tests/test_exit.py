@@ -1,0 +1,72 @@
+"""EXIT: the batched shared-prefix path selects what the one-sentence-at-a-time path selects; a trained
+classifier loads by path and keeps exact spans."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from ragctx.compressors.exit import DEFAULT_TAU, ExitLMScorer
+from ragctx.compressors.exit_training import hotpotqa_examples, musique_examples, train_exit_classifier
+from ragctx.config import load_settings
+from ragctx.engine import ContextEngine
+from ragctx.models import default_embedder_path
+from ragctx.pipeline.state import Budget
+from ragctx.segmentation import sentence_offsets
+from tests.conftest import need_data, passages_of
+
+
+def test_batched_prefix_path_selects_exactly_what_per_sentence_encoding_selects(registry, nq20_rows):
+    scorer = ExitLMScorer(registry.scorer())
+    row = nq20_rows[0]
+    passage = passages_of(row)[row["gold_index"]]
+    sentences = [passage.text[a:b] for a, b in sentence_offsets(passage.text)]
+    alone = scorer.score_one_at_a_time(row["question"], passage, sentences)
+    from ragctx.compressors.selection import Unit
+    from ragctx.pipeline.state import PipelineState
+
+    state = PipelineState(question=row["question"])
+    state.set_passages([passage])
+    units = [Unit(0, a, b) for a, b in sentence_offsets(passage.text)]
+    batched = scorer.score(state, units)
+    assert [x >= DEFAULT_TAU for x in batched] == [x >= DEFAULT_TAU for x in alone]
+    assert batched == pytest.approx(alone, abs=1e-4)
+
+
+def test_exit_without_budget_applies_tau_and_keeps_exact_sentences(engine, nq20_rows):
+    row = nq20_rows[1]
+    sources = {p.id: p for p in passages_of(row)[:4]}
+    ctx = engine.run(row["question"], list(sources.values()), method="exit", budget=Budget())
+    assert ctx.stats[-1].details["kept_units"] <= ctx.stats[-1].details["units"]
+    for p in ctx.passages:
+        for s in p.spans:
+            assert s.text_of(p.passage) == sources[p.passage.id].text[s.start : s.end]
+
+
+def test_training_labels_follow_exit_sampling():
+    rng = random.Random(0)
+    hot = hotpotqa_examples(need_data("hotpotqa_train100/hotpotqa_train_100.json"), rng)
+    mus = musique_examples(need_data("musique_train100/musique_ans_train_100.json"), rng)
+    for examples in (hot, mus):
+        positives = sum(e.label == 1.0 for e in examples)
+        assert 0.6 <= positives / len(examples) <= 0.75  # two thirds positives, as EXIT samples
+    assert any(e.label == 1.0 and "lilu" in e.sentence.lower() for e in hot)  # the first question's fact
+
+
+def test_a_tiny_training_run_gives_a_classifier_loadable_by_path(tmp_path, registry, settings, nq20_rows):
+    rng = random.Random(0)
+    examples = hotpotqa_examples(need_data("hotpotqa_train100/hotpotqa_train_100.json"), rng)[:32]
+    out = tmp_path / "exit-ce"
+    summary = train_exit_classifier(str(default_embedder_path()), examples, out, batch_size=8)
+    assert summary["examples"] == 32 and (out / "config.json").is_file()
+    eng = ContextEngine(
+        load_settings(index_dir=settings.index_dir, cache_dir=settings.cache_dir, exit_model=str(out)), registry
+    )
+    row = nq20_rows[2]
+    sources = {p.id: p for p in passages_of(row)}
+    ctx = eng.run(row["question"], list(sources.values()), method="exit", budget=Budget(tokens=200))
+    assert ctx.tokens_out <= 200
+    for p in ctx.passages:
+        for s in p.spans:
+            assert s.text_of(p.passage) == sources[p.passage.id].text[s.start : s.end]

@@ -62,7 +62,10 @@ def test_early_exit_scores_equal_a_full_forward_truncated_at_that_layer(heads, r
 
 @pytest.mark.parametrize("granularity", ["token", "word", "sentence"])
 def test_ehpc_keeps_exact_slices_within_the_budget(heads, engine, nq20_rows, granularity, settings):
-    eng = ContextEngine(load_settings(index_dir=settings.index_dir, ehpc_granularity=granularity), engine.models)
+    eng = ContextEngine(
+        load_settings(index_dir=settings.index_dir, cache_dir=settings.cache_dir, ehpc_granularity=granularity),
+        engine.models,
+    )
     for row in nq20_rows[:3]:
         sources = {p.id: p for p in passages_of(row)}
         ctx = eng.run(row["question"], list(sources.values()), method="ehpc", budget=Budget(tokens=150))
@@ -77,7 +80,13 @@ def test_force_kept_strings_survive_compression(heads, engine, nq20_rows, settin
     row = nq20_rows[7]
     needle = row["passages"][13]["text"].split()[3]
     eng = ContextEngine(
-        load_settings(index_dir=settings.index_dir, ehpc_granularity="word", force_keep_strings=[needle]), engine.models
+        load_settings(
+            index_dir=settings.index_dir,
+            cache_dir=settings.cache_dir,
+            ehpc_granularity="word",
+            force_keep_strings=[needle],
+        ),
+        engine.models,
     )
     ctx = eng.run(row["question"], passages_of(row), method="ehpc", budget=Budget(tokens=120))
     assert needle in ctx.text

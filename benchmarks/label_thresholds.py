@@ -52,9 +52,9 @@ def main() -> None:
         t, f1 = best_threshold(values, gold)
         # top-1 accuracy: is the gold passage the best-scored one of its question?
         k = len(questions[0].passages)
+        per_question = [values[j * k : (j + 1) * k] for j in range(len(questions))]
         top1 = sum(
-            max(range(k), key=lambda i, j=j: values[j * k + i]) == questions[j].gold_index
-            for j in range(len(questions))
+            row.index(max(row)) == q.gold_index for row, q in zip(per_question, questions, strict=True)
         ) / len(questions)
         result[source] = {"threshold": round(t, 3), "f1": round(f1, 3), "gold_top1": round(top1, 3)}
     print(json.dumps({"questions": len(questions), **result}, indent=1))

@@ -16,6 +16,11 @@ class Passage:
     metadata: dict[str, Any] = field(default_factory=dict)
     score: float | None = None
 
+    @property
+    def titled_text(self) -> str:
+        """Title and text, as models read a passage on its own (the title names what the text may not)."""
+        return f"{self.title}\n{self.text}" if self.title else self.text
+
 
 @dataclass(frozen=True, order=True)
 class Span:

@@ -64,3 +64,11 @@ def test_every_key_is_documented():
     for name, field in Settings.model_fields.items():
         assert field.description, name
         assert f"`RAGCTX_{name.upper()}`" in table
+
+
+def test_readme_documents_every_key():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    missing = [name for name in Settings.model_fields if f"`RAGCTX_{name.upper()}`" not in readme]
+    assert not missing, f"README's configuration table lacks {missing}; paste `ragctx config --markdown`"

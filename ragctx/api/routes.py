@@ -25,6 +25,8 @@ from ragctx.api.schemas import (
     RerankResult,
 )
 from ragctx.api.service import Service
+from ragctx.pipeline.state import Budget
+from ragctx.types import Passage
 
 router = APIRouter()
 
@@ -41,21 +43,32 @@ def check_passage_count(service: Service, count: int, what: str = "passages") ->
         raise ApiError(413, f"{count} {what} in one request; the limit is {limit} (max_passages)")
 
 
+async def run_pipeline(
+    service: Service,
+    route: str,
+    question: str,
+    passages: list[Passage] | None,
+    budget: Budget,
+    method: str | None,
+    stages: list[str] | None,
+) -> dict[str, Any]:
+    """Admit the request, run the pipeline in a worker thread under the deadline, record metrics."""
+    slot = service.admit()
+    try:
+        with service.deadline():
+            ctx = await run_in_thread(slot, lambda: service.build_context(question, passages, budget, method, stages))
+    finally:
+        slot.release()
+    service.metrics.observe_context(ctx, route)
+    return ctx.to_dict()
+
+
 @router.post("/v1/context", response_model=ContextResponse, tags=["context"])
 async def context(body: ContextRequest, request: Request) -> dict[str, Any]:
     """Retrieve passages for the question from the index and run the pipeline over them."""
     service = service_of(request)
     budget = body.to_budget(service.engine.default_budget())
-    slot = service.admit()
-    try:
-        with service.deadline():
-            ctx = await run_in_thread(
-                slot, lambda: service.build_context(body.question, None, budget, body.method, body.stages)
-            )
-    finally:
-        slot.release()
-    service.metrics.observe_context(ctx, "/v1/context")
-    return ctx.to_dict()
+    return await run_pipeline(service, "/v1/context", body.question, None, budget, body.method, body.stages)
 
 
 @router.post("/v1/compress", response_model=ContextResponse, tags=["context"])
@@ -65,16 +78,7 @@ async def compress(body: CompressRequest, request: Request) -> dict[str, Any]:
     check_passage_count(service, len(body.passages))
     budget = body.to_budget(service.engine.default_budget())
     passages = [p.to_passage() for p in body.passages]
-    slot = service.admit()
-    try:
-        with service.deadline():
-            ctx = await run_in_thread(
-                slot, lambda: service.build_context(body.question, passages, budget, body.method, body.stages)
-            )
-    finally:
-        slot.release()
-    service.metrics.observe_context(ctx, "/v1/compress")
-    return ctx.to_dict()
+    return await run_pipeline(service, "/v1/compress", body.question, passages, budget, body.method, body.stages)
 
 
 @router.post("/v1/documents", response_model=DocumentsResponse, tags=["index"])

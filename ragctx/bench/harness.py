@@ -270,30 +270,40 @@ def to_markdown(rows: list[Row], meta: dict[str, Any]) -> str:
 
 
 def plot(rows: list[Row], path: Path) -> None:
+    """Reader accuracy and answer recall against the kept ratio; one colour per method in both panels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
     by_method: dict[str, list[Row]] = defaultdict(list)
     for r in rows:
         by_method[r.method].append(r)
-    for method, rs in by_method.items():
+    colours = plt.get_cmap("tab10")
+    markers = "osD^v<>pPX*h"
+    for n, (method, rs) in enumerate(by_method.items()):
         rs = sorted(rs, key=lambda r: r.kept_ratio)
         xs = [r.kept_ratio for r in rs]
-        marker = "o-" if len(rs) > 1 else "s"
+        style = {"color": colours(n % 10), "marker": markers[n % len(markers)], "label": method, "alpha": 0.85}
+        style["linestyle"] = "-" if len(rs) > 1 else "none"
         if any(r.reader_accuracy is not None for r in rs):
-            axes[0].plot(xs, [r.reader_accuracy or 0 for r in rs], marker, label=method)
+            axes[0].plot(xs, [r.reader_accuracy or 0 for r in rs], **style)
         if any(r.answer_recall is not None for r in rs):
-            axes[1].plot(xs, [r.answer_recall or 0 for r in rs], marker, label=method)
+            axes[1].plot(xs, [r.answer_recall or 0 for r in rs], **style)
     axes[0].set(xlabel="kept ratio (tokens out / tokens in)", ylabel="reader accuracy", title="Reader accuracy")
     axes[1].set(xlabel="kept ratio (tokens out / tokens in)", ylabel="answer recall", title="Answer recall")
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.set_xlim(-0.02, 1.05)
-    axes[1].legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
+        ax.set_xlim(-0.03, 1.05)
+    handles, labels = [], []
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            if label not in labels:
+                handles.append(h)
+                labels.append(label)
+    fig.legend(handles, labels, loc="center right", fontsize=8)
+    fig.tight_layout(rect=(0, 0, 0.83, 1))
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=120)
     plt.close(fig)

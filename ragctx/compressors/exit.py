@@ -26,10 +26,6 @@ DEFAULT_TAU = 0.5
 QUESTION_TEMPLATE = 'Is this sentence useful in answering the query? Answer only "Yes" or "No".'
 
 
-def passage_context(p: Passage) -> str:
-    return f"{p.title}\n{p.text}" if p.title else p.text
-
-
 @dataclass
 class ExitLMScorer:
     """Zero-shot EXIT with the scorer LM; the prompt follows the official one (per-passage context)."""
@@ -42,7 +38,7 @@ class ExitLMScorer:
 
     def prompt_ids(self, question: str, passage: Passage, sentence: str) -> list[int]:
         content = (
-            f"Query:\n{question}\nFull context:\n{passage_context(passage)}\nSentence:\n{sentence}\n{QUESTION_TEMPLATE}"
+            f"Query:\n{question}\nFull context:\n{passage.titled_text}\nSentence:\n{sentence}\n{QUESTION_TEMPLATE}"
         )
         ids: Any = self.lm.tokenizer.apply_chat_template(
             [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=True
@@ -105,4 +101,4 @@ class ExitCrossEncoderScorer:
 
 def exit_pair_text(sentence: str, passage: Passage) -> str:
     """The second text of a cross-encoder pair: the sentence first (it must survive truncation)."""
-    return f"{sentence} [CONTEXT] {passage_context(passage)}"
+    return f"{sentence} [CONTEXT] {passage.titled_text}"

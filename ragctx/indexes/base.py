@@ -33,10 +33,11 @@ class LangChainRetriever:
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1 (got {top_k})")
         documents = list(self.retriever.invoke(query))[:top_k]
-        return [_to_passage(doc, rank) for rank, doc in enumerate(documents)]
+        return [passage_from_document(doc, rank) for rank, doc in enumerate(documents)]
 
 
-def _to_passage(doc: Any, rank: int) -> Passage:
+def passage_from_document(doc: Any, rank: int) -> Passage:
+    """A LangChain-style Document as a Passage: id from metadata `id`, else `doc.id`, else `rank`."""
     metadata: dict[str, Any] = dict(doc.metadata) if isinstance(getattr(doc, "metadata", None), Mapping) else {}
     doc_id = next((v for v in (metadata.get("id"), getattr(doc, "id", None)) if v not in (None, "")), rank)
     title = metadata.get("title")

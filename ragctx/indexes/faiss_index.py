@@ -85,7 +85,7 @@ class Manifest:
 
 def embedding_text(passage: Passage) -> str:
     """What gets embedded for a passage: the title helps when the text never names its subject."""
-    return f"{passage.title}\n{passage.text}" if passage.title else passage.text
+    return passage.titled_text
 
 
 class FaissIndex:

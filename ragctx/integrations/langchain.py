@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
 from ragctx.engine import ContextEngine
+from ragctx.indexes.base import passage_from_document
 from ragctx.integrations.backends import (
     Backend,
     InProcessBackend,
@@ -50,7 +51,6 @@ __all__ = ["AttentionReorder", "RagctxCompressor", "RagctxRetriever", "ServerErr
 
 PROVENANCE_KEY = "ragctx"
 # Metadata keys under which LangChain retrievers and rerankers commonly report a score (Cohere, FlashRank).
-_SCORE_KEYS = ("score", "relevance_score", "similarity")
 # Query-free orders still run through the pipeline, which wants a question; this one is never read.
 _NO_QUERY = "(no query: the order does not depend on it)"
 
@@ -210,30 +210,13 @@ class AttentionReorder(_RagctxConnection, BaseDocumentTransformer):
 
 def passages_of(documents: Sequence[Document]) -> list[Passage]:
     """Documents as passages: id from metadata `id`, else `Document.id`, else the position; unique."""
-    passages = [_passage_of(doc, position) for position, doc in enumerate(documents)]
+    passages = [passage_from_document(doc, position) for position, doc in enumerate(documents)]
     seen: set[str] = set()
     for p in passages:
         if p.id in seen:
             raise ValueError(f"two documents have the id {p.id!r}; ids (metadata `id` or Document.id) must be unique")
         seen.add(p.id)
     return passages
-
-
-def _passage_of(document: Document, position: int) -> Passage:
-    metadata = dict(document.metadata)
-    doc_id = next((v for v in (metadata.get("id"), document.id) if v not in (None, "")), position)
-    title = metadata.get("title")
-    score = next(
-        (float(metadata[k]) for k in _SCORE_KEYS if isinstance(metadata.get(k), int | float)),
-        None,
-    )
-    return Passage(
-        id=str(doc_id),
-        text=document.page_content,
-        title=str(title) if title is not None else "",
-        metadata=metadata,
-        score=score,
-    )
 
 
 def compressed_documents(

@@ -24,10 +24,6 @@ ABSTAIN_INSTRUCTION = (
 ABSTAIN_STRING = "NO-RESPONSE"
 
 
-def passage_text(p: Passage) -> str:
-    return f"{p.title}\n{p.text}" if p.title else p.text
-
-
 @dataclass
 class DistractionScorer:
     lm: LanguageModel
@@ -36,7 +32,7 @@ class DistractionScorer:
     def prompt_ids(self, question: str, passage: Passage) -> list[int]:
         messages = [
             {"role": "system", "content": ABSTAIN_INSTRUCTION},
-            {"role": "user", "content": f"Document: {passage_text(passage)}\nQuestion: {question}\nAnswer:"},
+            {"role": "user", "content": f"Document: {passage.titled_text}\nQuestion: {question}\nAnswer:"},
         ]
         ids: Any = self.lm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         if hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding

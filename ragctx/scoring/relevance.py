@@ -14,7 +14,6 @@ from typing import Any
 import torch
 
 from ragctx.models import LanguageModel
-from ragctx.scoring.distraction import passage_text
 from ragctx.types import Passage
 
 QL_BRIDGE = "\n\nA question that this document answers:"
@@ -35,7 +34,7 @@ class QueryLikelihoodScorer:
         pad = int(tok.pad_token_id or 0)
         for start in range(0, len(passages), self.batch_size):
             chunk = passages[start : start + self.batch_size]
-            rows = [tok.encode(passage_text(p) + QL_BRIDGE, add_special_tokens=False) + q_ids for p in chunk]
+            rows = [tok.encode(p.titled_text + QL_BRIDGE, add_special_tokens=False) + q_ids for p in chunk]
             width = max(len(r) for r in rows)
             ids = torch.full((len(rows), width), pad, dtype=torch.long)
             mask = torch.zeros_like(ids)
@@ -62,6 +61,6 @@ class QueryLikelihoodScorer:
 def embedding_relevance(embedder: Any, question: str, passages: Sequence[Passage]) -> list[float]:
     """Cosine similarity of all-MiniLM-style embeddings (normalised), one per passage."""
     vecs = embedder.encode(
-        [question] + [passage_text(p) for p in passages], normalize_embeddings=True, convert_to_numpy=True
+        [question] + [p.titled_text for p in passages], normalize_embeddings=True, convert_to_numpy=True
     )
     return [float(x) for x in vecs[1:] @ vecs[0]]

@@ -53,9 +53,9 @@ def main() -> None:
         # top-1 accuracy: is the gold passage the best-scored one of its question?
         k = len(questions[0].passages)
         per_question = [values[j * k : (j + 1) * k] for j in range(len(questions))]
-        top1 = sum(
-            row.index(max(row)) == q.gold_index for row, q in zip(per_question, questions, strict=True)
-        ) / len(questions)
+        top1 = sum(row.index(max(row)) == q.gold_index for row, q in zip(per_question, questions, strict=True)) / len(
+            questions
+        )
         result[source] = {"threshold": round(t, 3), "f1": round(f1, 3), "gold_top1": round(top1, 3)}
     print(json.dumps({"questions": len(questions), **result}, indent=1))
 

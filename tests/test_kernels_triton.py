@@ -76,3 +76,15 @@ def test_full_size_on_the_gpu(dtype):
     assert torch.allclose(out, ref, atol=1e-4, rtol=1e-3)
     assert out.sum().item() == pytest.approx(8 * 32, rel=1e-3)
     assert math.isfinite(out.max().item())
+
+
+@pytest.mark.parametrize(("n", "w", "split"), [(300, 8, 64), (1000, 16, 128), (5, 12, 64), (130, 1, 64)])
+def test_row_statistics_split_over_key_ranges_combine_exactly(n, w, split):
+    g = torch.Generator().manual_seed(2)
+    q, k = torch.randn(4, w, 64, generator=g), torch.randn(2, n, 64, generator=g)
+    pos = torch.arange(n - w, n)
+    ref, _ = attention_mass(q, k, q_positions=pos, use_triton=False)
+    out = triton_mass.attention_mass_triton(
+        q.to(DEVICE), k.to(DEVICE), pos.to(DEVICE), torch.ones(4), 1 / 8, split=split
+    )
+    assert torch.allclose(out.cpu(), ref, atol=1e-5)

@@ -1,9 +1,9 @@
 """The head-scoring pass as a Triton kernel (CUDA; also runs under TRITON_INTERPRET=1 on the CPU).
 
 Two passes, neither of which writes a W x N score matrix to global memory:
-1. `_row_stats`: per query row, the running maximum and normaliser of its softmax over all visible keys
-   (online softmax over key blocks). One program per (query head, row block) scans every key: this pass
-   is the bottleneck at large N (see benchmarks/kernel_bench.py); splitting it over key ranges is next.
+1. `_row_stats`: per query row and range of `split` keys, the running maximum and normaliser of its
+   softmax (online softmax over key blocks); the ranges run in parallel and their statistics are
+   combined afterwards (Hq x ranges x W numbers).
 2. `_key_mass`: per block of keys and per key head, the probabilities of every query row of every query
    head in the group, recomputed from Q.K and the row statistics, weighted per head and summed over rows:
    one fp32 partial per (key head, key). The partials are summed over key heads afterwards (N floats each).
@@ -20,13 +20,14 @@ import triton.language as tl
 @triton.jit
 def _row_stats(
     Q, K, QPOS, M, L,
-    N, W, scale,
+    N, W, scale, NUM_SPLITS,
     stride_qh, stride_qw, stride_kh, stride_kn,
     GROUP: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, IEEE: tl.constexpr,
+    SPLIT: tl.constexpr,
 ):  # fmt: skip
-    # One program per (query head, block of query rows), scanning all keys.
     h = tl.program_id(0)
-    wb = tl.program_id(1)
+    split = tl.program_id(1)
+    wb = tl.program_id(2)
     kvh = h // GROUP
     offs_w = wb * BLOCK_W + tl.arange(0, BLOCK_W)
     offs_d = tl.arange(0, D)
@@ -35,22 +36,25 @@ def _row_stats(
     qpos = tl.load(QPOS + offs_w, mask=wmask, other=-1)
     m = tl.full([BLOCK_W], float("-inf"), tl.float32)
     s_sum = tl.zeros([BLOCK_W], tl.float32)
-    for start in range(0, N, BLOCK_N):
-        offs_n = start + tl.arange(0, BLOCK_N)
+    key_start = split * SPLIT
+    key_end = tl.minimum(N, key_start + SPLIT)
+    for i in range(0, SPLIT // BLOCK_N):
+        offs_n = key_start + i * BLOCK_N + tl.arange(0, BLOCK_N)
         k_ptr = K + kvh * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :]
-        k = tl.load(k_ptr, mask=(offs_n < N)[:, None], other=0.0)
+        k = tl.load(k_ptr, mask=(offs_n < key_end)[:, None], other=0.0)
         if IEEE:
             s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
         else:
             s = tl.dot(q, tl.trans(k)) * scale
-        valid = (offs_n[None, :] <= qpos[:, None]) & (offs_n[None, :] < N)
+        valid = (offs_n[None, :] <= qpos[:, None]) & (offs_n[None, :] < key_end)
         s = tl.where(valid, s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         s_sum = s_sum * tl.exp(m - m_safe) + tl.sum(tl.exp(s - m_safe[:, None]), 1)
         m = m_new
-    tl.store(M + h * W + offs_w, m, mask=wmask)
-    tl.store(L + h * W + offs_w, s_sum, mask=wmask)
+    out = (h * NUM_SPLITS + split) * W + offs_w
+    tl.store(M + out, m, mask=wmask)
+    tl.store(L + out, s_sum, mask=wmask)
 
 
 @triton.jit
@@ -97,6 +101,7 @@ def attention_mass_triton(
     head_weights: torch.Tensor,
     scale: float,
     block_n: int = 64,
+    split: int = 4096,
 ) -> torch.Tensor:
     """Mass per key (N,) in fp32; same contract as the PyTorch path (see attention_mass)."""
     hq, w, d = q.shape
@@ -107,14 +112,20 @@ def attention_mass_triton(
     block_w = max(16, triton.next_power_of_2(min(w, 64)))
     qpos = q_positions.to(device=q.device, dtype=torch.int32).contiguous()
     weights = head_weights.to(device=q.device, dtype=torch.float32).contiguous()
-    m = torch.empty((hq, w), device=q.device, dtype=torch.float32)
-    sums = torch.empty((hq, w), device=q.device, dtype=torch.float32)
+    splits = triton.cdiv(n, split)
+    m_part = torch.empty((hq, splits, w), device=q.device, dtype=torch.float32)
+    l_part = torch.empty((hq, splits, w), device=q.device, dtype=torch.float32)
     ieee = q.dtype == torch.float32
-    _row_stats[(hq, triton.cdiv(w, block_w))](
-        q, k, qpos, m, sums, n, w, scale,
+    _row_stats[(hq, splits, triton.cdiv(w, block_w))](
+        q, k, qpos, m_part, l_part, n, w, scale, splits,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1),
-        GROUP=group, BLOCK_W=block_w, BLOCK_N=block_n, D=d, IEEE=ieee,
+        GROUP=group, BLOCK_W=block_w, BLOCK_N=block_n, D=d, IEEE=ieee, SPLIT=split,
     )  # fmt: skip
+    # Combine the splits' partial softmax statistics (Hq x splits x W numbers, not W x N).
+    m = m_part.max(dim=1).values
+    m_safe = torch.where(torch.isinf(m), torch.zeros_like(m), m)
+    sums = (l_part * torch.exp(m_part - m_safe[:, None, :])).sum(dim=1).contiguous()
+    m = m.contiguous()
     partial = torch.empty((hkv, n), device=q.device, dtype=torch.float32)
     _key_mass[(triton.cdiv(n, block_n), hkv)](
         q, k, qpos, m, sums, weights, partial, n, w, scale,

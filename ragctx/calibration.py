@@ -142,6 +142,72 @@ def load_attnrank(cache_dir: Path, lm: LanguageModel, k: int) -> AttnRankProfile
     return AttnRankProfile(**json.loads(path.read_text()))
 
 
+DUMMY_PASSAGE = Passage(
+    "dummy",
+    "This passage is a placeholder. It contains no information about any person, place, event or thing, "
+    "and it does not answer any question. It only takes up space in the list of documents.",
+    "Placeholder",
+)
+
+
+@dataclass
+class AttentionBias:
+    model: str
+    template: str
+    k: int
+    prompts: int
+    layers: list[int] | None
+    aggregate: str
+    bias: list[float]  # attention a content-free passage receives at each slot
+
+
+def attention_bias_path(
+    cache_dir: Path, lm: LanguageModel, k: int, layers: tuple[int, ...] | None, aggregate: str
+) -> Path:
+    tag = "all" if not layers else "-".join(map(str, layers))
+    return _path(cache_dir, "attention-bias", f"{model_slug(lm.name)}-{template_id(lm)}-k{k}-L{tag}-{aggregate}")
+
+
+def calibrate_attention_bias(
+    lm: LanguageModel,
+    cache_dir: Path,
+    k: int,
+    prompts: list[tuple[str, list[Passage]]],
+    layers: tuple[int, ...] | None = None,
+    aggregate: str = "sum",
+) -> AttentionBias:
+    """For every slot, the mean attention the dummy passage gets there among real passages (k x prompts
+    prefills)."""
+    from ragctx.reordering.prompt import slot_attention
+
+    totals = [0.0] * k
+    for question, passages in tqdm(prompts, desc=f"attention bias k={k}", unit="prompt"):
+        for slot in range(k):
+            placed = list(passages[:k])
+            placed[slot] = DUMMY_PASSAGE
+            results = [PassageResult(p, [Span(p.id, 0, len(p.text))]) for p in placed]
+            totals[slot] += slot_attention(lm, question, results, layers, aggregate)[slot]
+    bias = AttentionBias(
+        lm.name, template_id(lm), k, len(prompts), list(layers) if layers else None, aggregate,
+        [t / len(prompts) for t in totals],
+    )  # fmt: skip
+    with atomic_write(attention_bias_path(cache_dir, lm, k, layers, aggregate)) as fh:
+        json.dump(asdict(bias), fh, indent=1)
+    return bias
+
+
+def load_attention_bias(
+    cache_dir: Path, lm: LanguageModel, k: int, layers: tuple[int, ...] | None, aggregate: str
+) -> AttentionBias:
+    path = attention_bias_path(cache_dir, lm, k, layers, aggregate)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no positional attention bias for model {lm.name!r}, k={k}, aggregate={aggregate}; "
+            f"run `ragctx calibrate attention-bias --k {k}`"
+        )
+    return AttentionBias(**json.loads(path.read_text()))
+
+
 def sample_prompts(k: int, count: int, seed: int = 0) -> list[tuple[str, list[Passage]]]:
     """Calibration prompts from the bundled sample: a question, its gold passage and k-1 others."""
     questions, passages = load_sample()

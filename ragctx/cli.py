@@ -338,6 +338,28 @@ def calibrate_attnrank_cmd(
     )
 
 
+@calibrate_app.command("attention-bias")
+def calibrate_attention_bias_cmd(
+    k: Annotated[int, typer.Option("--k", help="Passages per prompt (one bias profile per k).")] = 10,
+    prompts: Annotated[int, typer.Option("--prompts", help="Calibration prompts (k prefills each).")] = 5,
+    config: ConfigOpt = None,
+) -> None:
+    """Measure the attention a content-free passage gets at each slot (for `attention_debias`)."""
+    from ragctx.calibration import attention_bias_path, calibrate_attention_bias, sample_prompts
+    from ragctx.models import ModelRegistry
+
+    s = settings_or_exit(config)
+    if k < 2 or prompts < 1:
+        fail("--k must be at least 2 and --prompts at least 1", 2)
+    lm = ModelRegistry(s).reader()
+    layers = tuple(s.attention_layers) if s.attention_layers else None
+    bias = calibrate_attention_bias(
+        lm, s.resolved_cache_dir(), k, sample_prompts(k, prompts), layers, s.attention_aggregate
+    )
+    where = attention_bias_path(s.resolved_cache_dir(), lm, k, layers, s.attention_aggregate)
+    console.print(f"bias per slot: {[round(x, 4) for x in bias.bias]}; saved to {where}")
+
+
 @calibrate_app.command("heads")
 def calibrate_heads_cmd(
     model: Annotated[str | None, typer.Option("--model", help="Scorer LM (default: RAGCTX_SCORER_MODEL).")] = None,

@@ -131,6 +131,10 @@ class Settings(BaseSettings):
     attention_layers: list[int] | None = Field(
         default=None, description="Layers whose attention sorts passages; none = all layers."
     )
+    attention_debias: bool = Field(
+        default=False,
+        description="Attention sorting subtracts each slot's positional bias (`ragctx calibrate attention-bias`).",
+    )
     attention_aggregate: Literal["sum", "mean"] = Field(
         default="sum", description="Passage attention: total mass (`sum`) or per-token mean (`mean`)."
     )

@@ -131,3 +131,24 @@ def test_attnrank_without_a_profile_says_how_to_make_one(engine):
     passages = [Passage(f"p{i}", f"Passage number {i} about nothing.") for i in range(13)]
     with pytest.raises(FileNotFoundError, match="ragctx calibrate attnrank --k 13"):
         engine.run(QUESTION, passages, stages=["attnrank"])
+
+
+def test_debiased_attention_sorting_subtracts_the_calibrated_slot_bias(engine, registry, settings):
+    from ragctx.calibration import calibrate_attention_bias
+    from ragctx.config import load_settings
+    from ragctx.engine import ContextEngine
+
+    lm = registry.reader()
+    bias = calibrate_attention_bias(lm, settings.resolved_cache_dir(), 3, sample_prompts(3, 1))
+    assert len(bias.bias) == 3 and all(b > 0 for b in bias.bias)
+    debiased = ContextEngine(
+        load_settings(index_dir=settings.index_dir, cache_dir=settings.cache_dir, attention_debias=True), registry
+    )
+    passages = [UNRELATED[0], GOLD, UNRELATED[1]]
+    ctx = debiased.run(QUESTION, passages, stages=["attention-sort"])
+    assert sorted(ctx.order) == sorted(p.id for p in passages)
+    by_id = {p.passage.id: p.scores for p in ctx.passages}
+    for slot, p in enumerate(passages):  # scores were measured in the input order
+        assert by_id[p.id]["attention"] == pytest.approx(by_id[p.id]["attention_raw"] - bias.bias[slot])
+    with pytest.raises(FileNotFoundError, match="calibrate attention-bias --k 5"):
+        debiased.run(QUESTION, [GOLD, *UNRELATED], stages=["attention-sort"])

@@ -126,7 +126,14 @@ class StageFactory:
             from ragctx.reordering.attention import AttentionSortStage
 
             layers = tuple(s.attention_layers) if s.attention_layers else None
-            return AttentionSortStage(self.models.reader(), s.attention_sort_rounds, layers, s.attention_aggregate)
+            return AttentionSortStage(
+                self.models.reader(),
+                s.attention_sort_rounds,
+                layers,
+                s.attention_aggregate,
+                s.attention_debias,
+                s.resolved_cache_dir(),
+            )
         if name == "attnrank":
             from ragctx.reordering.attention import AttnRankStage
 

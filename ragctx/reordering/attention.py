@@ -15,13 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import torch
-
-from ragctx.calibration import load_attnrank
+from ragctx.calibration import load_attention_bias, load_attnrank
 from ragctx.models import LanguageModel
 from ragctx.pipeline.state import PipelineState
-from ragctx.reordering.prompt import slotted_prompt
-from ragctx.scoring.lm_attention import HeadSelection, question_attention
+from ragctx.reordering.prompt import slot_attention
 
 
 @dataclass
@@ -30,20 +27,11 @@ class AttentionSortStage:
     rounds: int = 1
     layers: tuple[int, ...] | None = None
     aggregate: Literal["sum", "mean"] = "sum"
+    # Positional debiasing (Found in the Middle): subtract the attention a content-free passage gets at
+    # the same slot, calibrated by `ragctx calibrate attention-bias`.
+    debias: bool = False
+    cache_dir: Path | None = None
     name: str = "attention-sort"
-
-    def passage_attention(self, question: str, state: PipelineState) -> list[float]:
-        kept = state.kept()
-        sp = slotted_prompt(self.lm, question, kept)
-        selection = HeadSelection(self.layers) if self.layers else HeadSelection.all_layers(self.lm)
-        att = question_attention(
-            self.lm, sp.input_ids, selection, window=1, segment_ids=sp.slot_ids, num_segments=len(kept)
-        )
-        assert att.segments is not None
-        values = att.segments
-        if self.aggregate == "mean":
-            values = values / torch.tensor([max(n, 1) for n in sp.slot_lengths], dtype=torch.float32)
-        return [float(x) for x in values]
 
     def run(self, state: PipelineState) -> None:
         dropped = [p for p in state.passages if not p.spans]
@@ -52,7 +40,13 @@ class AttentionSortStage:
             kept = state.kept()
             if len(kept) < 2:
                 break
-            scores = self.passage_attention(state.question, state)
+            scores = slot_attention(self.lm, state.question, kept, self.layers, self.aggregate)
+            if self.debias:
+                assert self.cache_dir is not None
+                bias = load_attention_bias(self.cache_dir, self.lm, len(kept), self.layers, self.aggregate).bias
+                for p, raw in zip(kept, scores, strict=True):
+                    p.scores["attention_raw"] = raw
+                scores = [x - b for x, b in zip(scores, bias, strict=True)]
             for p, s in zip(kept, scores, strict=True):
                 p.scores["attention"] = s
             # sorted() is stable: ties keep the previous relative order.

@@ -16,6 +16,7 @@ import torch
 from ragctx.models import LanguageModel
 from ragctx.pipeline.state import passage_body, passage_header
 from ragctx.reader import qa_prompt
+from ragctx.scoring.lm_attention import HeadSelection, question_attention
 from ragctx.types import PassageResult
 
 
@@ -65,3 +66,21 @@ def slotted_prompt(lm: LanguageModel, question: str, passages: Sequence[PassageR
             slots[t] = j
             lengths[j] += 1
     return SlottedPrompt(torch.tensor([enc["input_ids"]]), slots, lengths)
+
+
+def slot_attention(
+    lm: LanguageModel,
+    question: str,
+    passages: Sequence[PassageResult],
+    layers: tuple[int, ...] | None = None,
+    aggregate: str = "sum",
+) -> list[float]:
+    """Attention the last prompt position pays to each passage's body (sum, or per-token mean)."""
+    sp = slotted_prompt(lm, question, passages)
+    selection = HeadSelection(layers) if layers else HeadSelection.all_layers(lm)
+    att = question_attention(lm, sp.input_ids, selection, window=1, segment_ids=sp.slot_ids, num_segments=len(passages))
+    assert att.segments is not None
+    values = att.segments
+    if aggregate == "mean":
+        values = values / torch.tensor([max(n, 1) for n in sp.slot_lengths], dtype=torch.float32)
+    return [float(x) for x in values]

@@ -9,11 +9,13 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -42,6 +44,16 @@ class AbstentionCheck:
     follows_abstention: bool
 
 
+@functools.lru_cache(maxsize=64)
+def _read_cached(path: str, mtime_ns: int) -> dict[str, Any]:
+    return dict(json.loads(Path(path).read_text()))
+
+
+def read_calibration(path: Path) -> dict[str, Any]:
+    """A stored calibration, parsed once per file version (stages are built per request)."""
+    return dict(_read_cached(str(path), path.stat().st_mtime_ns))
+
+
 def _path(cache_dir: Path, kind: str, name: str) -> Path:
     return cache_dir.expanduser() / "calibration" / kind / f"{name}.json"
 
@@ -50,7 +62,7 @@ def check_abstention(lm: LanguageModel, cache_dir: Path, pairs: int = 16, seed: 
     """DE of each sample question against another question's gold passage (unrelated by construction)."""
     path = _path(cache_dir, "abstention", model_slug(lm.name))
     if path.is_file():
-        return AbstentionCheck(**json.loads(path.read_text()))
+        return AbstentionCheck(**read_calibration(path))
     questions, passages = load_sample()
     rng = random.Random(seed)
     scorer = DistractionScorer(lm)
@@ -139,7 +151,7 @@ def load_attnrank(cache_dir: Path, lm: LanguageModel, k: int) -> AttnRankProfile
         raise FileNotFoundError(
             f"no AttnRank profile for model {lm.name!r} and k={k}; run `ragctx calibrate attnrank --k {k}`"
         )
-    return AttnRankProfile(**json.loads(path.read_text()))
+    return AttnRankProfile(**read_calibration(path))
 
 
 DUMMY_PASSAGE = Passage(
@@ -205,7 +217,7 @@ def load_attention_bias(
             f"no positional attention bias for model {lm.name!r}, k={k}, aggregate={aggregate}; "
             f"run `ragctx calibrate attention-bias --k {k}`"
         )
-    return AttentionBias(**json.loads(path.read_text()))
+    return AttentionBias(**read_calibration(path))
 
 
 def sample_prompts(k: int, count: int, seed: int = 0) -> list[tuple[str, list[Passage]]]:

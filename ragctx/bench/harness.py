@@ -116,7 +116,7 @@ class BenchReport:
     markdown: str
 
 
-def _row(method: str, rate: float | None, samples: list[dict[str, Any]], reader_n: int) -> Row:
+def _row(method: str, rate: float | None, samples: list[dict[str, Any]]) -> Row:
     stage_ms: dict[str, list[float]] = defaultdict(list)
     for s in samples:
         for name, ms in s["stage_ms"].items():
@@ -181,7 +181,7 @@ def run_bench(settings: Settings, cfg: BenchConfig) -> BenchReport:
             }
             answer(q, ctx.text, i, sample)
             samples.append(sample)
-        rows.append(_row(method, rate, samples, cfg.reader_limit))
+        rows.append(_row(method, rate, samples))
         per_question[label] = samples
 
     # Reference rows: no context at all, and the gold passage alone.
@@ -204,7 +204,7 @@ def run_bench(settings: Settings, cfg: BenchConfig) -> BenchReport:
             }
             answer(q, text, i, sample)
             samples.append(sample)
-        rows.append(_row(label, None, samples, cfg.reader_limit))
+        rows.append(_row(label, None, samples))
         per_question[label] = samples
 
     meta = {

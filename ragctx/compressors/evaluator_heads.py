@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from ragctx.calibration import model_slug
+from ragctx.calibration import model_slug, read_calibration
 from ragctx.io import atomic_write
 from ragctx.kernels import attention_mass
 from ragctx.models import LanguageModel
@@ -58,7 +58,7 @@ def load_heads(cache_dir: Path, lm: LanguageModel) -> EvaluatorHeads:
     path = heads_path(cache_dir, lm)
     if not path.is_file():
         raise FileNotFoundError(f"no evaluator heads for model {lm.name!r}; run `ragctx calibrate heads`")
-    data = json.loads(path.read_text())
+    data = read_calibration(path)
     data["heads"] = [tuple(h) for h in data["heads"]]
     return EvaluatorHeads(**data)
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
-from ragctx.pipeline.state import Budget, PipelineState, TokenCounting, merge_spans, passage_header, render
+from ragctx.pipeline.state import Budget, PipelineState, merge_spans, passage_header, render
 from ragctx.segmentation import TokenCounter, sentence_offsets, sub_sentence_offsets
 
 Granularity = Literal["token", "word", "sentence", "passage"]
@@ -189,7 +189,3 @@ class CompressStage:
         while self.counter.count(render(state.passages)) > limit and order:
             keep[order.pop(0)] = False
             self._apply(state, units, keep)
-
-
-def fits(counter: TokenCounting, state: PipelineState, limit: int) -> bool:
-    return counter.count(render(state.passages)) <= limit

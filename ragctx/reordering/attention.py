@@ -35,7 +35,7 @@ class AttentionSortStage:
 
     def run(self, state: PipelineState) -> None:
         dropped = [p for p in state.passages if not p.spans]
-        history = []
+        rounds = 0
         for _ in range(self.rounds):
             kept = state.kept()
             if len(kept) < 2:
@@ -52,8 +52,8 @@ class AttentionSortStage:
             # sorted() is stable: ties keep the previous relative order.
             order = sorted(range(len(kept)), key=lambda i: scores[i])
             state.passages = [kept[i] for i in order] + dropped
-            history.append([p.passage.id for p in state.kept()])
-        state.notes["rounds"] = len(history)
+            rounds += 1
+        state.notes["rounds"] = rounds
 
 
 @dataclass

@@ -13,7 +13,7 @@ RUN pip install --index-url "$TORCH_INDEX" torch==2.13.0 \
 
 COPY pyproject.toml README.md ./
 COPY ragctx ./ragctx
-RUN pip install '.[redis]'
+RUN pip install .
 
 RUN useradd --create-home --uid 10001 ragctx && mkdir -p /data && chown ragctx /data
 USER ragctx

@@ -139,7 +139,21 @@ class Settings(BaseSettings):
         default="sum", description="Passage attention: total mass (`sum`) or per-token mean (`mean`)."
     )
     seed: int = Field(default=0, description="Seed of every random choice (shuffle, random drop).")
+    # ---- the segment cache (keys/values of the scorer LM per passage, CompLLM concepts) ----
+    segment_kv: bool = Field(
+        default=True,
+        description="EHPC scores against per-passage cached keys (encoded once, re-rotated to their slot); "
+        "false = one full prefill per request (exact, no cache).",
+    )
     redis_url: str | None = Field(default=None, description="Redis for the segment cache; none = in-process cache.")
+    redis_ttl_s: int = Field(default=7 * 24 * 3600, ge=1, description="Segment cache entries expire after this.")
+    redis_timeout_s: float = Field(
+        default=0.5, gt=0, description="Redis socket timeout; slower = fall back to computing for this request."
+    )
+    segment_cache_mb: int = Field(default=512, ge=1, description="Size of the in-process segment cache (no Redis).")
+    segment_cache_retry_s: float = Field(
+        default=5.0, ge=0, description="After a Redis failure, compute without it for this long, then try again."
+    )
     # ---- the REST service (`ragctx serve`) ----
     upstream_base_url: str | None = Field(
         default=None,

@@ -16,6 +16,7 @@ from ragctx.segmentation import TokenCounter
 from ragctx.types import CompressedContext, Passage
 
 if TYPE_CHECKING:
+    from ragctx.cache import SegmentCache
     from ragctx.indexes.base import Retriever
     from ragctx.indexes.faiss_index import FaissIndex
 
@@ -43,6 +44,13 @@ class ContextEngine:
             name = f"scorer:{self.settings.scorer_model}"
         return TokenCounter(tok, name)
 
+    @cached_property
+    def segment_cache(self) -> SegmentCache:
+        """Shared by every pipeline this engine builds: Redis if configured, else in process."""
+        from ragctx.cache import open_segment_cache
+
+        return open_segment_cache(self.settings)
+
     def open_index(self) -> FaissIndex:
         from ragctx.indexes.faiss_index import FaissIndex
 
@@ -58,7 +66,7 @@ class ContextEngine:
         names = with_method(stages if stages is not None else self.settings.stages, method)
         needs_retriever = "retrieve" in names
         retriever = self.retriever if needs_retriever else None
-        factory = StageFactory(self.settings, self.counter, retriever, self.models)
+        factory = StageFactory(self.settings, self.counter, retriever, self.models, self.segment_cache)
         built = [factory.build(n) for n in names]
         compressors = [s for s in built if isinstance(s, CompressStage)]
         for pre in compressors[:-1]:

@@ -546,7 +546,9 @@ def test_a_full_service_answers_429_with_retry_after(corpus_index, registry, nq2
     assert 'ragctx_rejections_total{reason="busy"} 1.0' in metrics
 
 
-def test_a_request_over_the_time_limit_gets_504_and_an_unreachable_redis_means_not_ready(corpus_index, registry):
+def test_a_request_over_the_time_limit_gets_504_and_an_unreachable_redis_is_reported_but_not_fatal(
+    corpus_index, registry
+):
     settings = api_settings(corpus_index, request_timeout_s=1e-4, redis_url="redis://127.0.0.1:1/0")
     with running(create_app(settings, registry)) as url, httpx.Client(base_url=url, timeout=60) as client:
         response = client.post("/v1/context", json={"question": "who won the first nobel prize in physics"})
@@ -556,8 +558,10 @@ def test_a_request_over_the_time_limit_gets_504_and_an_unreachable_redis_means_n
         "message": "the request took longer than the service's limit of 0.0001 s",
         "type": "timeout_error",
     }
-    assert ready.status_code == 503
+    # Redis only caches segments: without it requests are computed, so the service stays ready.
+    assert ready.status_code == 200
     assert ready.json()["checks"]["redis"].startswith("unreachable")
+    assert ready.json()["checks"]["redis"].endswith("(computing without the segment cache)")
 
 
 # ---- documents, readiness, metrics --------------------------------------------------------------------

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
+from ragctx.cache import SegmentCache
 from ragctx.types import CompressedContext
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -71,5 +75,25 @@ class ServiceMetrics:
             if stat.details.get("fallback"):
                 self.fallbacks.labels(stat.name).inc()
 
+    def watch_segment_cache(self, cache: Callable[[], SegmentCache]) -> None:
+        """Export the segment cache's counters (read at scrape time, so nothing is double counted)."""
+        self.registry.register(_SegmentCacheCollector(cache))
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _SegmentCacheCollector(Collector):
+    def __init__(self, cache: Callable[[], SegmentCache]) -> None:
+        self.cache = cache
+
+    def collect(self) -> Iterator[Metric]:
+        cache = self.cache()
+        family = CounterMetricFamily(
+            "ragctx_segment_cache",
+            "Segment cache events: hits, misses, bytes read/written, fallbacks (store down), corrupt entries.",
+            labels=["event", "backend"],
+        )
+        for event, value in cache.stats.as_dict().items():
+            family.add_metric([event, cache.backend], value)
+        yield family

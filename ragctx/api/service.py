@@ -49,6 +49,7 @@ class Service:
 
     def __post_init__(self) -> None:
         self.limiter = ConcurrencyLimiter(self.settings.max_concurrency)
+        self.metrics.watch_segment_cache(lambda: self.engine.segment_cache)
         self.embed_batcher = MicroBatcher(
             self._embed,
             max_batch_size=self.settings.batch_max_size,
@@ -169,9 +170,10 @@ class Service:
         except (OSError, ValueError) as exc:
             checks["index"] = f"error: {exc}"
             failing.append("index")
+        # Redis only caches: without it requests are computed (slower), so it never makes us unready.
         checks["redis"] = _redis_status(self.settings.redis_url)
         if checks["redis"] not in ("ok", "not configured"):
-            failing.append("redis")
+            checks["redis"] += " (computing without the segment cache)"
         return checks, failing
 
 
@@ -198,10 +200,8 @@ def _size_of(retriever: object) -> str:
 def _redis_status(url: str | None) -> str:
     if not url:
         return "not configured"
-    try:
-        import redis
-    except ImportError:
-        return "unreachable: the redis package is not installed (pip install 'ragctx[redis]')"
+    import redis
+
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0)
         try:

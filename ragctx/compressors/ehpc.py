@@ -5,6 +5,8 @@ exit). The attention that the question's tokens pay to each context token throug
 is pooled with a small window (so neighbouring tokens keep each other) and averaged over each unit
 (token, word or sentence); the shared selection keeps the best units within the budget, in order.
 Passages are scored in chunks of at most `chunk_tokens` so memory stays bounded on long contexts.
+With a SegmentKVCache each passage's keys are encoded once and reused by later questions (only the
+question then runs through the model); without one, each chunk is one full prefill.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from ragctx.compressors.selection import Granularity, Unit
 from ragctx.models import LanguageModel
 from ragctx.pipeline.state import PipelineState
 from ragctx.scoring.lm_attention import HeadSelection, question_attention
+from ragctx.scoring.segment_kv import SINK_TEXT, SegmentKVCache
 
 
 @dataclass
@@ -28,6 +31,7 @@ class EHPCScorer:
     granularity: Granularity = "sentence"
     pool: int = 5
     chunk_tokens: int = 4096
+    segments: SegmentKVCache | None = None
     name: str = "ehpc"
 
     def score(self, state: PipelineState, units: Sequence[Unit]) -> list[float]:
@@ -57,33 +61,33 @@ class EHPCScorer:
         passages: list[int],
         scores: list[float],
     ) -> None:
-        # Lay the chunk out as text, remembering where every unit landed.
-        parts: list[str] = []
+        # Lay the chunk out as one text block per passage, remembering where every unit landed.
+        blocks: list[str] = []
         unit_range: dict[int, tuple[int, int]] = {}
         cursor = 0
         for p in passages:
             result = state.passages[p]
             header = f"Document (Title: {result.passage.title}) " if result.passage.title else "Document: "
-            parts.append(header)
-            cursor += len(header)
+            parts = [header]
+            at = cursor + len(header)
             for span in result.spans:
-                span_at = cursor
                 for i in by_passage[p]:
                     u = units[i]
                     if span.start <= u.start and u.end <= span.end:
-                        unit_range[i] = (span_at + u.start - span.start, span_at + u.end - span.start)
+                        unit_range[i] = (at + u.start - span.start, at + u.end - span.start)
                 piece = result.passage.text[span.start : span.end] + " "
                 parts.append(piece)
-                cursor += len(piece)
+                at += len(piece)
             parts.append("\n")
-            cursor += 1
-        context = "".join(parts)
-        text = context + QUESTION_PREFIX + state.question
-        enc = self.lm.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        offsets = enc["offset_mapping"]
-        window = max(1, sum(1 for a, _ in offsets if a >= len(context)))
-        selection = HeadSelection.of_heads(self.heads.heads, self.heads.scores)
-        mass = question_attention(self.lm, torch.tensor([enc["input_ids"]]), selection, window=window).tokens
+            blocks.append("".join(parts))
+            cursor += len(blocks[-1])
+        question = QUESTION_PREFIX + state.question
+        if self.segments is not None:
+            mass, offsets, hits = self._mass_cached(blocks, question)
+            state.notes["cache_hits"] = int(state.notes.get("cache_hits", 0)) + hits  # type: ignore[call-overload]
+            state.notes["cache_misses"] = int(state.notes.get("cache_misses", 0)) + len(blocks) - hits  # type: ignore[call-overload]
+        else:
+            mass, offsets = self._mass_full_prefill("".join(blocks), question)
         if self.pool > 1:
             pad = self.pool // 2
             mass = torch.nn.functional.avg_pool1d(
@@ -103,3 +107,31 @@ class EHPCScorer:
                     n += 1
                 j += 1
             scores[i] = total / n if n else 0.0
+
+    def _mass_full_prefill(self, context: str, question: str) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """One prefill of sink prefix + context + question; mass per token of context + question and
+        each token's character range (the same layout as the cached path)."""
+        enc = self.lm.tokenizer(SINK_TEXT + context + question, add_special_tokens=False, return_offsets_mapping=True)
+        skip = sum(1 for _, b in enc["offset_mapping"] if b <= len(SINK_TEXT))
+        offsets = [(a - len(SINK_TEXT), b - len(SINK_TEXT)) for a, b in enc["offset_mapping"][skip:]]
+        window = max(1, sum(1 for a, _ in offsets if a >= len(context)))
+        selection = HeadSelection.of_heads(self.heads.heads, self.heads.scores)
+        mass = question_attention(self.lm, torch.tensor([enc["input_ids"]]), selection, window=window).tokens
+        return mass[skip:], offsets
+
+    def _mass_cached(self, blocks: list[str], question: str) -> tuple[torch.Tensor, list[tuple[int, int]], int]:
+        """Each block is a cached segment (keys encoded once, re-rotated to its place); only the
+        question runs through the model."""
+        assert self.segments is not None
+        tok = self.lm.tokenizer
+        ids: list[list[int]] = []
+        offsets: list[tuple[int, int]] = []
+        cursor = 0
+        for block in [*blocks, question]:
+            enc = tok(block, add_special_tokens=False, return_offsets_mapping=True)
+            ids.append(list(enc["input_ids"]))
+            offsets.extend((cursor + a, cursor + b) for a, b in enc["offset_mapping"])
+            cursor += len(block)
+        selection = HeadSelection.of_heads(self.heads.heads, self.heads.scores)
+        mass, hits = self.segments.question_attention(ids[:-1], ids[-1], selection)
+        return mass, offsets, hits

@@ -16,6 +16,7 @@ from ragctx.compressors.selection import CompressStage, ForceKeep, UnitScorer
 from ragctx.reordering.orders import ORDER_NAMES, ReorderStage
 
 if TYPE_CHECKING:
+    from ragctx.cache import SegmentCache
     from ragctx.config import Settings
     from ragctx.indexes.base import Retriever
     from ragctx.models import ModelRegistry
@@ -29,7 +30,13 @@ def _ehpc(f: StageFactory) -> UnitScorer:
 
     lm = f.models.scorer()
     s = f.settings
-    return EHPCScorer(lm, load_heads(s.resolved_cache_dir(), lm), s.ehpc_granularity, s.ehpc_pool, s.ehpc_chunk_tokens)
+    segments = None
+    if s.segment_kv and f.segment_cache is not None:
+        from ragctx.scoring.segment_kv import SegmentKVCache
+
+        segments = SegmentKVCache(lm, f.segment_cache)
+    heads = load_heads(s.resolved_cache_dir(), lm)
+    return EHPCScorer(lm, heads, s.ehpc_granularity, s.ehpc_pool, s.ehpc_chunk_tokens, segments)
 
 
 def _exit(f: StageFactory) -> UnitScorer:
@@ -98,6 +105,7 @@ class StageFactory:
     counter: TokenCounter
     retriever: Retriever | None
     models: ModelRegistry
+    segment_cache: SegmentCache | None = None
 
     def build(self, name: str) -> Stage:
         from ragctx.pipeline.stages import DedupStage, RetrieveStage

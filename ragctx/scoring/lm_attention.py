@@ -9,7 +9,9 @@ layer the forward stops: nothing above it is computed.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+import functools
+import inspect
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,12 +64,22 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     # x: (B, H, T, d); cos/sin: (B, T, d)
     return x * cos.unsqueeze(1) + _rotate_half(x) * sin.unsqueeze(1)
 
 
-def _decoder_layers(lm: LanguageModel) -> Sequence[torch.nn.Module]:
+@functools.cache
+def _cache_argument_of(forward_params: frozenset[str]) -> str:
+    # transformers 5.x renames `past_key_values` to `cache` (the old name is deprecated).
+    return "cache" if "cache" in forward_params else "past_key_values"
+
+
+def _cache_argument(lm: LanguageModel) -> str:
+    return _cache_argument_of(frozenset(inspect.signature(lm.model.forward).parameters))
+
+
+def decoder_layers(lm: LanguageModel) -> Sequence[torch.nn.Module]:
     return lm.model.model.layers  # type: ignore[no-any-return,union-attr]
 
 
@@ -86,13 +98,18 @@ def capture_qk(
     layers: Sequence[int],
     window: int,
     on_layer: Callable[[int, torch.Tensor, torch.Tensor, float | None], None],
+    past: Any = None,
+    past_keys: Mapping[int, torch.Tensor] | None = None,
 ) -> None:
     """Run `input_ids` (1, N) up to the deepest of `layers`; for each of them call
     `on_layer(layer, q (Hq, W, d), k (Hkv, N, d), scale)` with post-RoPE queries of the last W positions
-    and keys of all positions. Layers above the deepest are never computed."""
+    and keys of all positions. Layers above the deepest are never computed.
+
+    With `past` (a transformers cache holding a prefix the tokens attend to) the keys handed on are the
+    prefix's post-RoPE keys `past_keys[layer]` (Hkv, P, d) followed by those of `input_ids`."""
     if input_ids.dim() != 2 or input_ids.shape[0] != 1:
         raise ValueError("the head-scoring pass takes one sequence: input_ids of shape (1, N)")
-    decoder = _decoder_layers(lm)
+    decoder = decoder_layers(lm)
     deepest = max(layers)
     handles = []
 
@@ -107,8 +124,10 @@ def capture_qk(
             k = module.k_proj(hidden).view(b, n, -1, hd).transpose(1, 2)
             if hasattr(module, "q_norm"):  # Qwen3 / Gemma3 normalise q and k before RoPE
                 q, k = module.q_norm(q), module.k_norm(k)
-            q = _apply_rope(q, cos[:, -w:], sin[:, -w:])
-            k = _apply_rope(k, cos, sin)
+            q = apply_rope(q, cos[:, -w:], sin[:, -w:])
+            k = apply_rope(k, cos, sin)
+            if past_keys is not None:
+                k = torch.cat([past_keys[layer_idx].unsqueeze(0).to(k.dtype), k], dim=2)
             on_layer(layer_idx, q[0], k[0], getattr(module, "scaling", None))
             if layer_idx == deepest:
                 raise _StopForward
@@ -120,7 +139,10 @@ def capture_qk(
             attn: Any = decoder[idx].self_attn
             handles.append(attn.register_forward_pre_hook(make_hook(idx), with_kwargs=True))
         with torch.inference_mode(), contextlib.suppress(_StopForward):
-            lm.model(input_ids.to(lm.device), use_cache=False)
+            if past is None:
+                lm.model(input_ids.to(lm.device), use_cache=False)
+            else:
+                lm.model(input_ids.to(lm.device), **{_cache_argument(lm): past}, use_cache=True)
     finally:
         for h in handles:
             h.remove()

@@ -1,6 +1,8 @@
 """The Triton head-scoring kernel against the PyTorch path: under TRITON_INTERPRET=1 on the CPU (small
 shapes; CI), and at full size on CUDA. Tolerance: 1e-5 absolute on the mass (fp32 and fp16 inputs;
-the reference computes in fp32 from the same rounded inputs)."""
+the reference computes in fp32 from the same rounded inputs). Both launch modes (one launch, two) and
+several tilings; on CUDA also the one launch's synchronisation (runs must be bitwise identical) and the
+cached launcher against Triton's JIT dispatch."""
 
 from __future__ import annotations
 
@@ -88,3 +90,84 @@ def test_row_statistics_split_over_key_ranges_combine_exactly(n, w, split):
         q.to(DEVICE), k.to(DEVICE), pos.to(DEVICE), torch.ones(4), 1 / 8, split=split
     )
     assert torch.allclose(out.cpu(), ref, atol=1e-5)
+
+
+TILINGS = [  # (query heads, key heads, W, N, head_dim, keys per pass-1 program, per pass-2 program, block_n)
+    (16, 2, 40, 700, 64, 128, 64, 64),  # 320 rows per key head: three row tiles, atomics across tiles
+    (6, 3, 8, 333, 128, 64, 128, 64),  # three key heads summed in one pass-2 program
+    (4, 1, 5, 1000, 64, 256, 192, 64),  # pass-2 ranges that are not multiples of the pass-1 ranges
+    (2, 2, 3, 257, 64, None, None, 128),  # the heuristics with one key past a block boundary
+]
+
+
+@pytest.mark.parametrize("fused", [True, False])  # one launch (both passes) or two
+@pytest.mark.parametrize(("hq", "hkv", "w", "n", "d", "split", "per2", "block_n"), TILINGS)
+def test_tilings_and_ranges_agree_with_the_pytorch_path(hq, hkv, w, n, d, split, per2, block_n, fused):
+    g = torch.Generator().manual_seed(3)
+    q, k = torch.randn(hq, w, d, generator=g), torch.randn(hkv, n, d, generator=g)
+    weights = torch.rand(hq, generator=g)
+    for pos in (torch.arange(n - w, n), torch.arange(n // 2, n // 2 + w)):  # end, and causal mid-sequence
+        ref, _ = attention_mass(q, k, q_positions=pos, head_weights=weights, use_triton=False)
+        out = triton_mass.attention_mass_triton(
+            q.to(DEVICE), k.to(DEVICE), pos.to(DEVICE), weights, 1 / math.sqrt(d),
+            split=split, keys_per_program=per2, block_n=block_n, fused=fused,
+        )  # fmt: skip
+        assert torch.allclose(out.cpu(), ref, atol=1e-5, rtol=1e-4)
+
+
+def test_zero_and_negative_head_weights_and_default_arguments():
+    g = torch.Generator().manual_seed(4)
+    q, k = torch.randn(4, 6, 64, generator=g), torch.randn(2, 150, 64, generator=g)
+    weights = torch.tensor([0.0, -1.5, 2.0, 0.0])
+    ref, out, _, _ = both(q, k, head_weights=weights)
+    assert torch.allclose(out, ref, atol=1e-5)
+    ref, out, _, _ = both(q, k)  # no positions, no weights: the kernel's own defaults
+    assert torch.allclose(out, ref, atol=1e-5)
+
+
+def test_keys_as_a_strided_view_of_a_longer_cache():
+    g = torch.Generator().manual_seed(5)
+    q, cache = torch.randn(4, 8, 64, generator=g), torch.randn(2, 400, 64, generator=g)
+    k = cache[:, :260]  # rows of 64 contiguous, head stride 400 * 64: read in place, no copy
+    ref, out, _, _ = both(q, k)
+    assert torch.allclose(out, ref, atol=1e-5)
+
+
+def test_the_one_launch_leaves_its_counters_at_zero_for_the_next():
+    q, k = torch.randn(4, 8, 64), torch.randn(2, 500, 64)
+    first = triton_mass.attention_mass_triton(q.to(DEVICE), k.to(DEVICE), None, None, 0.125, split=64)
+    again = triton_mass.attention_mass_triton(q.to(DEVICE), k.to(DEVICE), None, None, 0.125, split=64)
+    assert torch.equal(first, again)
+    assert all(int(sync.abs().sum()) == 0 for sync, _ in triton_mass._WORKSPACE.values())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: a race shows only on the GPU")
+@pytest.mark.parametrize("n", [4096, 131_072])
+def test_one_launch_is_deterministic_and_equals_two_launches_on_the_gpu(n):
+    # Each key is summed by one program in a fixed order, so any difference between runs is a race
+    # (pass 2 reading partials before pass 1 wrote them).
+    q = torch.randn(8, 32, 128, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(2, n, 128, device="cuda", dtype=torch.bfloat16)
+    two = triton_mass.attention_mass_triton(q, k, None, None, 128**-0.5, fused=False)
+    runs = [triton_mass.attention_mass_triton(q, k, None, None, 128**-0.5) for _ in range(50)]
+    assert all(torch.equal(run, two) for run in runs)
+    torch.cuda.synchronize()
+    assert all(int(sync.abs().sum()) == 0 for sync, _ in triton_mass._WORKSPACE.values())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the compiled launcher")
+def test_the_cached_launcher_matches_the_jit_dispatch_also_for_misaligned_inputs(monkeypatch):
+    q = torch.randn(8, 32, 64, device="cuda", dtype=torch.float16)
+    k = torch.randn(2, 5000, 64, device="cuda", dtype=torch.float16)
+    flat = torch.randn(q.numel() + 1, device="cuda", dtype=torch.float16)
+    q_odd = flat[1:].view_as(q)  # contiguous, but 2 bytes off 16-byte alignment: another specialisation
+    q_odd.copy_(q)
+    ref, _ = attention_mass(q.float(), k.float(), use_triton=False)
+    for qq in (q, q_odd, q, q_odd):  # the second round goes through the cached launchers
+        fast = triton_mass.attention_mass_triton(qq, k, None, None, 0.125)
+        assert torch.allclose(fast, ref, atol=1e-4, rtol=1e-3)
+        monkeypatch.setattr(triton_mass, "FAST_LAUNCH", False)
+        assert torch.equal(triton_mass.attention_mass_triton(qq, k, None, None, 0.125), fast)
+        monkeypatch.setattr(triton_mass, "FAST_LAUNCH", True)

@@ -59,17 +59,18 @@ def attention_mass(
         raise ValueError(f"{hq} query heads cannot share {hkv} key heads")
     group = hq // hkv
     scale = scale if scale is not None else 1.0 / math.sqrt(d)
-    if q_positions is None:
-        q_positions = torch.arange(n - w, n, device=q.device)
     triton_path = use_triton if use_triton is not None else (q.is_cuda and _triton_available())
     if triton_path:
         from ragctx.kernels.triton_mass import attention_mass_triton
 
         _log_path_once("Triton kernel")
-        weights = torch.ones(hq) if head_weights is None else head_weights
-        mass = attention_mass_triton(q, k, q_positions, weights, scale)
+        # None passes through: the kernel derives default positions and unit weights itself, which
+        # saves an arange and a host-to-device copy per call (launch overhead dominates at small N).
+        mass = attention_mass_triton(q, k, q_positions, head_weights, scale)
     else:
         _log_path_once("PyTorch path")
+        if q_positions is None:
+            q_positions = torch.arange(n - w, n, device=q.device)
         mass = _mass_torch(q, k, q_positions, head_weights, scale, group)
     seg = None
     if segment_ids is not None:

@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from ragctx.bench.harness import find_nq20
+from ragctx.bench.data import find_nq20
 
 
 @dataclass

@@ -10,7 +10,7 @@ import json
 import time
 from pathlib import Path
 
-from ragctx.bench.harness import find_nq20
+from ragctx.bench.data import find_nq20
 from ragctx.compressors.exit import DEFAULT_TAU, ExitLMScorer
 from ragctx.compressors.selection import Unit
 from ragctx.config import load_settings

@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ragctx.bench.harness import find_nq20
+from ragctx.bench.data import find_nq20
 from ragctx.bench.metrics import median_p90
 from ragctx.config import load_settings
 from ragctx.engine import ContextEngine

@@ -12,7 +12,7 @@ import json
 
 from tqdm import tqdm
 
-from ragctx.bench.harness import find_nq20, load_nq20
+from ragctx.bench.data import find_nq20, load_nq20
 from ragctx.config import load_settings
 from ragctx.models import ModelRegistry
 from ragctx.scoring.relevance import QueryLikelihoodScorer, embedding_relevance

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from ragctx.bench.harness import find_nq20, load_nq20
+from ragctx.bench.data import find_nq20, load_nq20
 from ragctx.bench.metrics import has_answer
 from ragctx.cache import MemoryStore, RedisStore, SegmentCache
 from ragctx.compressors.evaluator_heads import QUESTION_PREFIX, load_heads

@@ -145,6 +145,11 @@ class Settings(BaseSettings):
         description="EHPC scores against per-passage cached keys (encoded once, re-rotated to their slot); "
         "false = one full prefill per request (exact, no cache).",
     )
+    compllm_adapter: str = Field(
+        default="default",
+        description="CompLLM adapter folder (`ragctx train compllm`) for the reader model; `default` = the bundled "
+        "adapter trained for the default SmolLM2-135M-Instruct reader.",
+    )
     redis_url: str | None = Field(default=None, description="Redis for the segment cache; none = in-process cache.")
     redis_ttl_s: int = Field(default=7 * 24 * 3600, ge=1, description="Segment cache entries expire after this.")
     redis_timeout_s: float = Field(

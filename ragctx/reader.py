@@ -21,6 +21,13 @@ def qa_prompt(question: str, context: str | None) -> str:
 
 
 @dataclass
+class LocalAnswer:
+    text: str
+    prompt_tokens: int  # positions the reader read: tokens, or tokens + concept embeddings
+    completion_tokens: int
+
+
+@dataclass
 class LocalReader:
     lm: LanguageModel
     max_new_tokens: int = 12

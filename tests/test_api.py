@@ -452,6 +452,28 @@ def test_raw_local_stream_is_server_sent_events_ending_with_done(local_url, nq20
     assert all(e.startswith("data: ") for e in events)
 
 
+def test_chat_with_compllm_reads_concept_embeddings_and_text_routes_refuse_it(local_url, nq20_rows):
+    row = nq20_rows[4]
+    with httpx.Client(base_url=local_url, timeout=120) as client:
+        chat = client.post(
+            "/v1/chat/completions",
+            json={
+                "messages": [{"role": "user", "content": row["question"]}],
+                "ragctx": {"passages": short_passages(row), "method": "compllm"},
+            },
+        )
+        compress = client.post(
+            "/v1/compress", json={"question": row["question"], "passages": short_passages(row), "method": "compllm"}
+        )
+    assert chat.status_code == 200, chat.text
+    body = chat.json()
+    assert body["choices"][0]["message"]["content"].strip()
+    stage = body["ragctx"]["stats"][-1]
+    assert stage["name"] == "compllm" and stage["tokens_out"] < stage["tokens_in"]
+    assert compress.status_code == 400
+    assert "only a local model can read" in compress.json()["error"]["message"]
+
+
 # ---- /v1/chat/completions forwarded upstream ---------------------------------------------------------
 
 
@@ -476,6 +498,22 @@ def test_chat_is_forwarded_upstream_with_the_retrieved_context(proxy_url, stub):
     assert sent["messages"][-1] == {"role": "user", "content": question}
     assert "authorization" not in stub.headers[-1]  # the caller's key is for ragctx, not for upstream
     assert parse_kept(raw.headers["x-ragctx-kept"])
+
+
+def test_soft_prompts_are_not_sent_to_a_text_only_upstream(proxy_url, stub, nq20_rows):
+    sent_before = len(stub.received)
+    with httpx.Client(base_url=proxy_url, timeout=60, headers={"Authorization": f"Bearer {API_KEY}"}) as client:
+        response = client.post(
+            "/v1/chat/completions",
+            json={
+                "model": "big-model",
+                "messages": [{"role": "user", "content": "who?"}],
+                "ragctx": {"passages": short_passages(nq20_rows[0]), "method": "compllm"},
+            },
+        )
+    assert response.status_code == 400
+    assert "cannot be sent to the text-only upstream" in response.json()["error"]["message"]
+    assert len(stub.received) == sent_before
 
 
 def test_streamed_chat_passes_the_upstream_stream_through(proxy_url, stub, nq20_rows):

@@ -13,7 +13,6 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -27,7 +26,8 @@ from ragctx.api.limits import Slot, run_in_thread
 from ragctx.api.routes import check_passage_count, service_of
 from ragctx.api.schemas import ChatRequest
 from ragctx.api.service import Service
-from ragctx.reader import LocalReader, qa_prompt
+from ragctx.pipeline.registry import SOFT_METHODS, text_method
+from ragctx.reader import LocalAnswer
 from ragctx.types import CompressedContext
 
 router = APIRouter()
@@ -72,18 +72,27 @@ async def chat_completions(body: ChatRequest, request: Request) -> Response:
         check_passage_count(service, len(passages))
     budget = options.to_budget(service.engine.default_budget())
     question = body.question()
+    soft = options.method in SOFT_METHODS
+    if soft and service.upstream is not None:
+        raise ApiError(
+            400,
+            f"method {options.method!r} makes a soft prompt (embeddings) that cannot be sent to the text-only "
+            "upstream API; use a text method, or run the service without an upstream so the local reader answers",
+        )
     slot = service.admit()
     handed_to_stream = False
     try:
         with service.deadline():
             ctx = await run_in_thread(
                 slot,
-                lambda: service.build_context(question, passages, budget, options.method, options.stages),
+                lambda: service.build_context(question, passages, budget, text_method(options.method), options.stages),
             )
             service.metrics.observe_context(ctx, "/v1/chat/completions")
             headers = {KEPT_HEADER: kept_header(ctx)}
             if service.upstream is None:
-                answer = await run_in_thread(slot, lambda: _local_answer(service, question, ctx, body.max_tokens))
+                answer = await run_in_thread(
+                    slot, lambda: _local_answer(service, question, ctx, options.method, body.max_tokens)
+                )
                 model = body.model or f"ragctx-local/{service.settings.reader_model}"
                 if body.stream:
                     return StreamingResponse(
@@ -112,25 +121,14 @@ async def chat_completions(body: ChatRequest, request: Request) -> Response:
 # ---- local reader ---------------------------------------------------------------------------------------
 
 
-@dataclass
-class LocalAnswer:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-
-
-def _local_answer(service: Service, question: str, ctx: CompressedContext, max_tokens: int | None) -> LocalAnswer:
-    assert service.reader is not None
+def _local_answer(
+    service: Service, question: str, ctx: CompressedContext, method: str | None, max_tokens: int | None
+) -> LocalAnswer:
     new_tokens = LOCAL_NEW_TOKENS if max_tokens is None else min(max_tokens, MAX_LOCAL_NEW_TOKENS)
-    reader = LocalReader(service.reader.lm, max_new_tokens=new_tokens)
-    context = ctx.text or None  # nothing kept: the reader answers closed-book
-    text = reader.answer(question, context)
-    tok = reader.lm.tokenizer
-    return LocalAnswer(
-        text=text,
-        prompt_tokens=len(tok(qa_prompt(question, context))["input_ids"]),
-        completion_tokens=len(tok(text)["input_ids"]) if text else 0,
-    )
+    try:
+        return service.engine.answer_locally(question, ctx, method, new_tokens)
+    except (ValueError, FileNotFoundError) as exc:  # e.g. no CompLLM adapter for this reader
+        raise ApiError(400, str(exc)) from None
 
 
 def _local_completion(answer: LocalAnswer, model: str, ctx: CompressedContext) -> dict[str, Any]:

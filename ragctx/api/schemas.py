@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from ragctx.pipeline.registry import compression_methods, known_stage_names
+from ragctx.pipeline.registry import all_methods, known_stage_names
 from ragctx.pipeline.state import Budget
 from ragctx.types import Passage
 
@@ -56,8 +56,8 @@ class BudgetFields(BaseModel):
     @field_validator("method")
     @classmethod
     def _known_method(cls, value: str | None) -> str | None:
-        if value is not None and value not in compression_methods():
-            raise ValueError(f"unknown method {value!r}; known: {compression_methods()}")
+        if value is not None and value not in all_methods():
+            raise ValueError(f"unknown method {value!r}; known: {all_methods()}")
         return value
 
     @field_validator("stages")

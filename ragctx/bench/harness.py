@@ -7,7 +7,6 @@ normalised gold answer) on the first `reader_limit` questions, and milliseconds 
 
 from __future__ import annotations
 
-import gzip
 import json
 import platform
 import time
@@ -18,6 +17,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from ragctx.bench.data import Question, load_nq20
 from ragctx.bench.metrics import has_answer, median_p90
 from ragctx.config import Settings
 from ragctx.engine import ContextEngine
@@ -25,50 +25,8 @@ from ragctx.io import atomic_write
 from ragctx.pipeline.registry import COMPRESSORS, known_stage_names
 from ragctx.pipeline.state import Budget
 from ragctx.reader import LocalReader
-from ragctx.types import Passage
 
 REORDER_BASELINES = ["reorder-lim-langchain"]
-
-
-def find_nq20() -> Path | None:
-    """`../shared/data/nq20/nq20_dev.jsonl.gz` beside the checkout or the working directory."""
-    here = Path(__file__).resolve()
-    for base in [Path.cwd(), *here.parents]:
-        candidate = base.parent / "shared" / "data" / "nq20" / "nq20_dev.jsonl.gz"
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-@dataclass
-class Question:
-    qid: str
-    question: str
-    answers: list[str]
-    passages: list[Passage]
-    gold_index: int
-
-
-def load_nq20(path: Path, n: int, skip: int = 0, passages_per_question: int | None = None) -> list[Question]:
-    """The first `n` questions after `skip`; with `passages_per_question` K, the gold passage and the
-    first K-1 others, in their original relative order."""
-    out: list[Question] = []
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
-        for i, line in enumerate(fh):
-            if len(out) >= n:
-                break
-            if i < skip:
-                continue
-            row = json.loads(line)
-            passages = [Passage(id=p["id"], title=p["title"], text=p["text"]) for p in row["passages"]]
-            gold = row["gold_index"]
-            if passages_per_question is not None and passages_per_question < len(passages):
-                others = [j for j in range(len(passages)) if j != gold][: passages_per_question - 1]
-                keep = sorted({gold, *others})
-                gold = keep.index(gold)
-                passages = [passages[j] for j in keep]
-            out.append(Question(str(row["qid"]), row["question"], row["answers"], passages, gold))
-    return out
 
 
 @dataclass

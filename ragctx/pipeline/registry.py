@@ -76,12 +76,35 @@ STAGE_HELP: dict[str, str] = {
 }
 
 
+# Methods whose output is not text but embeddings that only a local target model can read.
+SOFT_METHODS: dict[str, str] = {
+    "compllm": "CompLLM: each 20-token segment becomes 10 concept embeddings the local reader reads (soft prompt)",
+}
+
+
+def soft_method_error(method: str) -> str:
+    return (
+        f"method {method!r} turns the context into embeddings that only a local model can read, not text: "
+        "use it to answer with the local reader (`ragctx query --answer`, or /v1/chat/completions without an upstream)"
+    )
+
+
 def known_stage_names() -> set[str]:
     return set(STAGE_HELP)
 
 
 def compression_methods() -> list[str]:
     return ["none", *COMPRESSORS]
+
+
+def all_methods() -> list[str]:
+    """Text methods and soft-prompt methods."""
+    return [*compression_methods(), *SOFT_METHODS]
+
+
+def text_method(method: str | None) -> str | None:
+    """The text pipeline's method for `method`: soft methods read the uncompressed passages."""
+    return "none" if method in SOFT_METHODS else method
 
 
 def with_method(stages: list[str], method: str | None) -> list[str]:
@@ -92,6 +115,8 @@ def with_method(stages: list[str], method: str | None) -> list[str]:
     """
     if method is None:
         return list(stages)
+    if method in SOFT_METHODS:
+        raise ValueError(soft_method_error(method))
     chain = [] if method == "none" else method.split("+")
     unknown = [m for m in chain if m not in COMPRESSORS]
     if unknown or not (chain or method == "none"):

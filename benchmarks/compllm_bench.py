@@ -113,7 +113,7 @@ def main() -> None:
     reader = CompressedReader(lm, comp, SegmentCache(MemoryStore(2**32)))
     questions = load_nq20(nq, args.questions, passages_per_question=args.passages)
     acc: dict[str, Any] = {}
-    for compress in (False, True):
+    for compress in (False, True) if questions else ():
         right, ctx_tokens = 0, []
         for q in questions:
             answer, prompt = reader.answer(q.question, q.passages, compress)
@@ -127,7 +127,7 @@ def main() -> None:
     # ---- TTFT and KV size ------------------------------------------------------------------------
     pool = [p for q in load_nq20(nq, 400, skip=args.questions) for p in q.passages]
     ttft: dict[str, Any] = {}
-    question = questions[0].question
+    question = load_nq20(nq, 1)[0].question
     for length in args.lengths:
         passages = context_of(lm, pool, length)
         row: dict[str, list[float]] = {"uncompressed": [], "cold": [], "warm": []}

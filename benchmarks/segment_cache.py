@@ -8,6 +8,8 @@
 
 Run: `.venv/bin/python benchmarks/segment_cache.py` (starts a redis-server on a free loopback port
 unless `--redis-url` is given; needs calibrated evaluator heads: `ragctx calibrate heads`).
+On a bare GPU machine (torch + transformers only): `--speed-only --backends memory --heads-file H.json
+--model M --nq PATH --device cuda`.
 """
 
 from __future__ import annotations
@@ -28,15 +30,12 @@ from typing import Any
 import torch
 
 from ragctx.bench.data import find_nq20, load_nq20
-from ragctx.bench.metrics import has_answer
 from ragctx.cache import MemoryStore, RedisStore, SegmentCache
-from ragctx.compressors.evaluator_heads import QUESTION_PREFIX, load_heads
-from ragctx.config import load_settings
-from ragctx.engine import ContextEngine
-from ragctx.models import ModelRegistry
-from ragctx.pipeline.state import Budget
+from ragctx.models import LanguageModel, load_lm
 from ragctx.scoring.lm_attention import HeadSelection, question_attention
 from ragctx.scoring.segment_kv import SegmentKVCache
+
+QUESTION_PREFIX = "\nQuestion: "  # as EHPC lays out its prompt (ragctx.compressors.evaluator_heads)
 
 
 @contextmanager
@@ -74,10 +73,35 @@ def redis_on_loopback(url: str | None) -> Iterator[str]:
             proc.wait()
 
 
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+def timed(fn: Callable[[], Any], lm: LanguageModel | None = None) -> tuple[float, Any]:
     started = time.perf_counter()
     out = fn()
+    if lm is not None and lm.device.type == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - started, out
+
+
+def quality(models: Any, questions: list[Any], n: int, rate: float) -> dict[str, Any]:
+    """Answer recall of EHPC at `rate` with cached segments and with one full prefill per request."""
+    from ragctx.bench.metrics import has_answer
+    from ragctx.config import load_settings
+    from ragctx.engine import ContextEngine
+    from ragctx.pipeline.state import Budget
+
+    out: dict[str, Any] = {"rate": rate, "questions": n}
+    for segment_kv in (True, False):
+        engine = ContextEngine(load_settings(segment_kv=segment_kv), models)
+        found, kept, secs = 0, [], []
+        budget = Budget(rate=rate)
+        for q in questions[:n]:
+            t, ctx = timed(lambda q=q, engine=engine, b=budget: engine.run(q.question, q.passages, "ehpc", b))
+            found += has_answer(ctx.text, q.answers)
+            kept.append(ctx.tokens_out / max(ctx.tokens_in, 1))
+            secs.append(t)
+        name = "cached segments" if segment_kv else "full prefill"
+        out[name] = {"answer_recall": found / n, "kept": statistics.mean(kept), "median_s": statistics.median(secs)}
+        print(name, out[name], flush=True)
+    return out
 
 
 def main() -> None:
@@ -87,15 +111,33 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=0.25)
     ap.add_argument("--redis-url", default=None)
     ap.add_argument("--out", type=Path, default=Path("bench-out/segment_cache.json"))
+    ap.add_argument("--backends", nargs="+", default=["memory", "redis"], choices=["memory", "redis"])
+    ap.add_argument("--speed-only", action="store_true", help="skip the quality run (needs all of ragctx)")
+    ap.add_argument("--heads-file", type=Path, default=None, help="evaluator heads JSON (default: calibrated)")
+    ap.add_argument("--model", default=None, help="scorer LM for --speed-only (default: the configured one)")
+    ap.add_argument("--cache-dir", type=Path, default=None)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--nq", type=Path, default=None)
     args = ap.parse_args()
-    nq = find_nq20()
+    nq = args.nq or find_nq20()
     if nq is None:
         raise SystemExit("../shared/data/nq20 not found")
-    settings = load_settings()
-    models = ModelRegistry(settings)
-    lm = models.scorer()
-    heads = load_heads(settings.resolved_cache_dir(), lm)
-    selection = HeadSelection.of_heads(heads.heads, heads.scores)
+    models: Any = None
+    if args.model is not None:
+        lm = load_lm(args.model, args.cache_dir or Path.home() / ".cache" / "ragctx", args.device)
+    else:
+        from ragctx.config import load_settings
+        from ragctx.models import ModelRegistry
+
+        models = ModelRegistry(load_settings())
+        lm = models.scorer()
+    if args.heads_file is not None:
+        heads = json.loads(args.heads_file.read_text())
+    else:
+        from ragctx.compressors.evaluator_heads import heads_path
+
+        heads = json.loads(heads_path(models.settings.resolved_cache_dir(), lm).read_text())
+    selection = HeadSelection.of_heads([tuple(h) for h in heads["heads"]], heads["scores"])
     depth = max(selection.layers)
     questions = load_nq20(nq, max(args.questions, args.quality_questions) + 1)
     tok = lm.tokenizer
@@ -107,13 +149,13 @@ def main() -> None:
     def question_ids(text: str) -> list[int]:
         return tok.encode(QUESTION_PREFIX + text, add_special_tokens=False)
 
-    report: dict[str, Any] = {"device": str(lm.device), "heads": heads.heads, "depth": depth}
-    with redis_on_loopback(args.redis_url) as url:
+    report: dict[str, Any] = {"device": str(lm.device), "heads": heads["heads"], "depth": depth}
+    with redis_on_loopback(args.redis_url if "redis" in args.backends else "unused") as url:
         # ---- 1. speed -------------------------------------------------------------------------------
         speed: dict[str, dict[str, list[float]]] = {}
         footprint: list[float] = []
         rtt: list[float] = []
-        for backend in ("memory", "redis"):
+        for backend in args.backends:
             times: dict[str, list[float]] = {"full_prefill": [], "cold": [], "warm": []}
             for i, q in enumerate(questions[: args.questions]):
                 store = MemoryStore(2**31) if backend == "memory" else RedisStore(url, 600, 2.0)
@@ -125,11 +167,14 @@ def main() -> None:
                 whole = kv.prefix + [t for s in segs for t in s]
                 qi = question_ids(q.question)
                 t_full, _ = timed(
-                    lambda whole=whole, qi=qi: question_attention(lm, torch.tensor([whole + qi]), selection, len(qi))
+                    lambda whole=whole, qi=qi: question_attention(lm, torch.tensor([whole + qi]), selection, len(qi)),
+                    lm,
                 )
-                t_cold, _ = timed(lambda kv=kv, segs=segs, qi=qi: kv.question_attention(segs, qi, selection))
+                t_cold, _ = timed(lambda kv=kv, segs=segs, qi=qi: kv.question_attention(segs, qi, selection), lm)
                 qo = question_ids(other)
-                t_warm, (_, hits) = timed(lambda kv=kv, segs=segs, qo=qo: kv.question_attention(segs, qo, selection))
+                t_warm, (_, hits) = timed(
+                    lambda kv=kv, segs=segs, qo=qo: kv.question_attention(segs, qo, selection), lm
+                )
                 assert hits == len(segs)
                 times["full_prefill"].append(t_full)
                 times["cold"].append(t_cold)
@@ -145,28 +190,13 @@ def main() -> None:
         for t in report["speed_median_s"].values():
             t["cold_over_warm"] = t["cold"] / t["warm"]
             t["full_over_warm"] = t["full_prefill"] / t["warm"]
-        report["redis_bytes_per_1k_tokens"] = statistics.median(footprint)
-        report["redis_read_20_passages_s"] = statistics.median(rtt)
+        if footprint:
+            report["redis_bytes_per_1k_tokens"] = statistics.median(footprint)
+            report["redis_read_20_passages_s"] = statistics.median(rtt)
 
     # ---- 2. quality ---------------------------------------------------------------------------------
-    quality: dict[str, Any] = {}
-    for segment_kv in (True, False):
-        engine = ContextEngine(load_settings(segment_kv=segment_kv), models)
-        found, kept, secs = 0, [], []
-        budget = Budget(rate=args.rate)
-        for q in questions[: args.quality_questions]:
-            t, ctx = timed(lambda q=q, engine=engine, b=budget: engine.run(q.question, q.passages, "ehpc", b))
-            found += has_answer(ctx.text, q.answers)
-            kept.append(ctx.tokens_out / max(ctx.tokens_in, 1))
-            secs.append(t)
-        name = "cached segments" if segment_kv else "full prefill"
-        quality[name] = {
-            "answer_recall": found / args.quality_questions,
-            "kept": statistics.mean(kept),
-            "median_s": statistics.median(secs),
-        }
-        print(name, quality[name], flush=True)
-    report["quality_ehpc"] = {"rate": args.rate, "questions": args.quality_questions, **quality}
+    if not args.speed_only:
+        report["quality_ehpc"] = quality(models, questions, args.quality_questions, args.rate)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

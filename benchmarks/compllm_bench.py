@@ -119,7 +119,7 @@ def main() -> None:
             answer, prompt = reader.answer(q.question, q.passages, compress)
             right += has_answer(answer, q.answers)
             ctx_tokens.append(prompt.context_embeddings)
-        name = "compllm C=%d" % comp.config.rate if compress else "uncompressed"
+        name = f"compllm C={comp.config.rate}" if compress else "uncompressed"
         acc[name] = {"accuracy": right / len(questions), "context_positions": statistics.mean(ctx_tokens)}
         print(name, acc[name], flush=True)
     report["accuracy"] = {"questions": len(questions), "passages": args.passages, **acc}

@@ -14,7 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 from ragctx.config import ConfigError, Settings, load_settings, settings_markdown
-from ragctx.pipeline.registry import STAGE_HELP, compression_methods
+from ragctx.jobs.cli import prune_command
+from ragctx.pipeline.registry import SOFT_METHODS, STAGE_HELP, all_methods, soft_method_error, text_method
 from ragctx.pipeline.state import Budget
 from ragctx.types import CompressedContext
 
@@ -40,7 +41,7 @@ BudgetOpt = Annotated[int | None, typer.Option("--budget", "--target-tokens", he
 RateOpt = Annotated[float | None, typer.Option("--rate", help="Keep this fraction of the tokens (0-1].")]
 MethodOpt = Annotated[
     str | None,
-    typer.Option("--method", "-m", help=f"Compression method: {', '.join(compression_methods())}."),
+    typer.Option("--method", "-m", help=f"Compression method: {', '.join(all_methods())}."),
 ]
 
 
@@ -65,6 +66,18 @@ def budget_or_exit(settings: Settings, budget: int | None, rate: float | None) -
     except ValueError as exc:
         fail(str(exc), 2)
         raise
+
+
+def shared_data_or_exit(data: Path | None, needs: str) -> Path:
+    """The shared data folder (`--data`, else ../shared/data found from here), which must hold `needs`."""
+    from ragctx.bench.data import find_nq20
+
+    nq = find_nq20()
+    root = data or (nq.parent.parent if nq else None)
+    if root is None or not (root / needs).is_dir():
+        fail("training data not found; pass --data PATH/TO/shared/data")
+    assert root is not None  # fail() exits
+    return root
 
 
 @app.callback()
@@ -160,6 +173,9 @@ def query(
     top_k: Annotated[int | None, typer.Option("--top-k", "-k", help="Passages to retrieve.")] = None,
     stages: Annotated[str | None, typer.Option("--stages", help="Comma-separated stage list.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the CompressedContext as JSON.")] = False,
+    answer: Annotated[
+        bool, typer.Option("--answer", help="Also answer with the local reader (needed for --method compllm).")
+    ] = False,
     config: ConfigOpt = None,
     index_dir: IndexDirOpt = None,
 ) -> None:
@@ -173,15 +189,21 @@ def query(
     if engine.retriever is None:
         where = s.resolved_index_dir()
         fail(f"no index at {where}; build one with `ragctx index build PATH` or run `ragctx demo`")
+    if method in SOFT_METHODS and not answer:
+        fail(soft_method_error(method), 2)
     try:
-        ctx = engine.run(question, method=method, budget=b)
-    except ValueError as exc:
+        ctx = engine.run(question, method=text_method(method), budget=b)
+        reply = engine.answer_locally(question, ctx, method) if answer else None
+    except (ValueError, FileNotFoundError) as exc:
         fail(str(exc), 2)
         return
     if as_json:
-        sys.stdout.write(json.dumps(ctx.to_dict(), ensure_ascii=False, indent=2) + "\n")
-    else:
-        print_context(ctx)
+        out = ctx.to_dict() | ({"answer": reply.text} if reply else {})
+        sys.stdout.write(json.dumps(out, ensure_ascii=False, indent=2) + "\n")
+        return
+    print_context(ctx)
+    if reply is not None:
+        console.print(f"[bold]answer[/] ({reply.prompt_tokens} prompt positions): {reply.text}", highlight=False)
 
 
 @app.command()
@@ -244,7 +266,8 @@ def bench(
     config: ConfigOpt = None,
 ) -> None:
     """Measure methods on NQ-20: tokens, kept ratio, answer recall, reader accuracy, ms per stage."""
-    from ragctx.bench.harness import BenchConfig, find_nq20, run_bench
+    from ragctx.bench.data import find_nq20
+    from ragctx.bench.harness import BenchConfig, run_bench
 
     s = settings_or_exit(config)
     path = data or find_nq20()
@@ -315,7 +338,7 @@ def calibrate_attnrank_cmd(
     config: ConfigOpt = None,
 ) -> None:
     """Measure the model's positional attention profile over k slots and store it for `attnrank`."""
-    from ragctx.bench.harness import find_nq20, load_nq20
+    from ragctx.bench.data import find_nq20, load_nq20
     from ragctx.calibration import attnrank_path, calibrate_attnrank, sample_prompts
     from ragctx.models import ModelRegistry
 
@@ -377,7 +400,7 @@ def calibrate_heads_cmd(
     """Find the evaluator heads of a model (for `ehpc`) on needles in essays and NQ answer spans."""
     import gzip
 
-    from ragctx.bench.harness import find_nq20
+    from ragctx.bench.data import find_nq20
     from ragctx.compressors.evaluator_heads import calibrate_heads, heads_path, needle_examples, nq_examples
     from ragctx.models import ModelRegistry
 
@@ -420,16 +443,11 @@ def train_exit_cmd(
     """Fine-tune EXIT's sentence classifier (a MiniLM cross-encoder) on HotpotQA and MuSiQue labels."""
     import random
 
-    from ragctx.bench.harness import find_nq20
     from ragctx.compressors.exit_training import hotpotqa_examples, musique_examples, train_exit_classifier
     from ragctx.models import default_embedder_path, pick_device
 
     s = settings_or_exit(config)
-    nq = find_nq20()
-    root = data or (nq.parent.parent if nq else None)
-    if root is None or not (root / "hotpotqa_train100").is_dir():
-        fail("training data not found; pass --data PATH/TO/shared/data")
-        return
+    root = shared_data_or_exit(data, "hotpotqa_train100")
     rng = random.Random(s.seed)
     examples = hotpotqa_examples(root / "hotpotqa_train100" / "hotpotqa_train_100.json", rng)
     examples += musique_examples(root / "musique_train100" / "musique_ans_train_100.json", rng)
@@ -441,6 +459,43 @@ def train_exit_cmd(
     console.print(
         f"trained on {summary['examples']} sentences, loss {summary['first_loss']:.3f} -> {summary['last_loss']:.3f}; "
         f"use it with RAGCTX_EXIT_MODEL={out.resolve()}"
+    )
+
+
+@train_app.command("compllm")
+def train_compllm_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the adapter.")] = Path("compllm-adapter"),
+    model: Annotated[str, typer.Option("--model", help="Target model (default: the reader model).")] = "default",
+    data: Annotated[
+        Path | None, typer.Option("--data", help="The shared data folder (default ../shared/data).")
+    ] = None,
+    steps: Annotated[int, typer.Option("--steps")] = 1000,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
+    lr: Annotated[float, typer.Option("--lr")] = 3e-4,
+    max_examples: Annotated[int | None, typer.Option("--max-examples", help="Cap (a tiny CPU run: 16).")] = None,
+    max_context_tokens: Annotated[int, typer.Option("--max-context-tokens")] = 320,
+    max_seconds: Annotated[float | None, typer.Option("--max-seconds", help="Stop (and save) after this.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Distil a CompLLM adapter (LoRA + linear) so the model reads concept embeddings as it reads tokens.
+
+    Resumes from the checkpoint in --out if there is one. A real run belongs on a GPU (RAGCTX_DEVICE=cuda).
+    """
+    from ragctx.compllm.data import training_examples
+    from ragctx.compllm.training import TrainSettings, train_compllm
+    from ragctx.models import ModelRegistry, load_lm
+
+    s = settings_or_exit(config)
+    root = shared_data_or_exit(data, "nq20")
+    examples = training_examples(root, seed=s.seed)[:max_examples]
+    lm = ModelRegistry(s).reader() if model == "default" else load_lm(model, s.resolved_cache_dir(), s.device)
+    settings = TrainSettings(
+        steps=steps, batch_size=batch_size, lr=lr, max_context_tokens=max_context_tokens, max_seconds=max_seconds
+    )
+    report = train_compllm(lm, examples, out, settings)
+    console.print(
+        f"{report.steps} steps in {report.seconds:.0f} s; held-out loss {report.heldout_before:.4f} -> "
+        f"{report.heldout_after:.4f}; use it with RAGCTX_COMPLLM_ADAPTER={out.resolve()}"
     )
 
 
@@ -460,6 +515,11 @@ def calibrate_abstention_cmd(
         f"{check.model} {verdict} the abstention instruction: mean DE {check.mean_de_unrelated:.2f} "
         f"on {check.pairs} unrelated passages"
     )
+
+
+app.command("prune", help="Prune a corpus by query-agnostic passage quality (checkpointed, resumable, Ray).")(
+    prune_command
+)
 
 
 @app.command("stages")

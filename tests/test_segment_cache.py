@@ -246,7 +246,9 @@ def shallow_heads_dir(registry, tmp_path_factory):
 def test_requests_succeed_while_redis_is_down_and_the_cache_refills_after_restart(
     redis_server, registry, shallow_heads_dir, nq20_rows
 ):
-    settings = load_settings(cache_dir=shallow_heads_dir, redis_url=redis_server.url, segment_cache_retry_s=0)
+    settings = load_settings(
+        cache_dir=shallow_heads_dir, redis_url=redis_server.url, segment_cache_retry_s=0, segment_kv=True
+    )
     engine = ContextEngine(settings, registry)
     row = nq20_rows[5]
     passages = passages_of(row)[:6]

@@ -4,27 +4,38 @@ from __future__ import annotations
 
 import logging
 import threading
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import anyio.to_thread
 import httpx
 import numpy as np
+import torch
 
-from ragctx.api.batching import MicroBatcher
+from ragctx.api.batching import MicroBatcher, ThreadBatcher
 from ragctx.api.errors import ApiError
 from ragctx.api.limits import ConcurrencyLimiter, Slot, time_limit
 from ragctx.api.metrics import ServiceMetrics
 from ragctx.config import Settings
 from ragctx.engine import ContextEngine
+from ragctx.models import LanguageModel
 from ragctx.pipeline.state import Budget
 from ragctx.reader import LocalReader
+from ragctx.scoring.prefix_batch import logits_for_calls, routed_through
 from ragctx.types import CompressedContext, Passage
 
 if TYPE_CHECKING:
     from ragctx.indexes.faiss_index import AddResult
 
 log = logging.getLogger(__name__)
+
+# Prompts per forward of the scorer-LM batcher: larger matrices than one request's chunks, still small
+# enough that the padded prefix caches of a batch stay a few hundred MB.
+LM_BATCH_ROWS = 32
+
+LMCall = tuple[LanguageModel, list[list[int]]]
 
 
 @dataclass
@@ -42,6 +53,8 @@ class Service:
     metrics: ServiceMetrics = field(default_factory=ServiceMetrics)
     limiter: ConcurrencyLimiter = field(init=False)
     embed_batcher: MicroBatcher[str, np.ndarray] = field(init=False)
+    # Scorer-LM calls of concurrent pipelines (worker threads), merged (`lm_batching`); None = direct calls.
+    lm_batcher: ThreadBatcher[LMCall, torch.Tensor] | None = field(init=False, default=None)
     upstream: httpx.AsyncClient | None = None
     reader: LocalReader | None = None
     # Index writes copy the index and swap it in: two at once would lose one of them.
@@ -56,6 +69,14 @@ class Service:
             max_wait_ms=self.settings.batch_max_wait_ms,
             on_batch=self.metrics.batch_size.labels("embedder").observe,
         )
+        if self.settings.lm_batching:
+            self.lm_batcher = ThreadBatcher(
+                lambda calls: logits_for_calls(calls, LM_BATCH_ROWS),
+                max_batch_size=self.settings.batch_max_size,
+                max_wait_ms=self.settings.batch_max_wait_ms,
+                on_batch=self.metrics.batch_size.labels("scorer_lm").observe,
+                name="scorer-lm-batcher",
+            )
 
     # ---- life cycle ---------------------------------------------------------------------------------
 
@@ -69,6 +90,8 @@ class Service:
 
     async def start(self) -> None:
         await self.embed_batcher.start()
+        if self.lm_batcher is not None:
+            self.lm_batcher.start()
         s = self.settings
         if s.upstream_base_url:
             headers = {"Authorization": f"Bearer {s.upstream_api_key.get_secret_value()}"} if s.upstream_api_key else {}
@@ -80,6 +103,8 @@ class Service:
 
     async def stop(self) -> None:
         await self.embed_batcher.close()
+        if self.lm_batcher is not None:
+            await anyio.to_thread.run_sync(self.lm_batcher.close)  # waits for the batch running
         if self.upstream is not None:
             await self.upstream.aclose()
 
@@ -120,9 +145,20 @@ class Service:
                 )
             names = base if "retrieve" in base else ["retrieve", *base]
         try:
-            return self.engine.run(question, passages, method=method, budget=budget, stages=names)
+            with self._lm_calls_batched():
+                return self.engine.run(question, passages, method=method, budget=budget, stages=names)
         except ValueError as exc:  # bad combinations the request models cannot see (duplicate ids, ...)
             raise ApiError(400, str(exc)) from None
+
+    @contextmanager
+    def _lm_calls_batched(self) -> Iterator[None]:
+        """The pipeline's scorer-LM calls (this thread) join those of concurrent requests."""
+        batcher = self.lm_batcher
+        if batcher is None:
+            yield
+            return
+        with batcher.participant(), routed_through(lambda lm, prompts: batcher.submit((lm, prompts))):
+            yield
 
     def ingest(self, passages: list[Passage]) -> IngestResult:
         from ragctx.indexes.faiss_index import FaissIndex

@@ -5,13 +5,22 @@ cache is computed once and repeated across a batch of suffixes, which are left-p
 ends at the last column; explicit position ids keep each suffix's positions contiguous with the prefix,
 and the attention mask hides the padding. The result equals encoding each prompt on its own (up to float
 rounding), at the cost of the prefix once plus the suffixes.
+
+`last_token_logits_many` does the same for several independent calls at once (the service's micro-batcher
+merges concurrent requests' calls): each call keeps its own prefix; the prefixes are left-padded into one
+forward and every suffix row reads its own call's prefix cache. `last_token_logits` is the one entry point
+of the pipeline: it runs directly, unless the running thread was given a batch route
+(`routed_through`), in which case the call is handed to the batcher, which runs
+`last_token_logits_many` on all the calls waiting: one code path, batched or not.
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import cache
 from typing import Any
 
@@ -42,40 +51,123 @@ def _returned_cache(out: object) -> object:
     return getattr(out, "cache", None) or getattr(out, "past_key_values", None)
 
 
+# Where `last_token_logits` calls go instead of the model: `route(lm, prompts) -> (B, V) logits`.
+BatchRoute = Callable[[LanguageModel, list[list[int]]], torch.Tensor]
+
+
+# A context variable, not a global: only the threads (requests) the service routes use the batcher, and
+# several services (tests) in one process do not see each other's.
+_route: ContextVar[BatchRoute | None] = ContextVar("ragctx_lm_batch_route", default=None)
+
+
+@contextmanager
+def routed_through(route: BatchRoute | None) -> Iterator[None]:
+    """Within this block (this thread / task), `last_token_logits` calls go through `route`."""
+    token = _route.set(route)
+    try:
+        yield
+    finally:
+        _route.reset(token)
+
+
+def _check(sequences: Sequence[Sequence[int]]) -> None:
+    if any(len(s) == 0 for s in sequences):
+        raise ValueError("empty prompt")
+
+
 def last_token_logits(lm: LanguageModel, sequences: Sequence[Sequence[int]], batch_size: int = 16) -> torch.Tensor:
     """Logits (B, V) at the last position of every sequence, in fp32 on the CPU."""
     if not sequences:
         return torch.empty(0)
-    if any(len(s) == 0 for s in sequences):
-        raise ValueError("empty prompt")
+    _check(sequences)
+    route = _route.get()
+    if route is not None:
+        return route(lm, [list(s) for s in sequences])
+    return last_token_logits_many(lm, [sequences], batch_size)[0]
+
+
+def last_token_logits_many(
+    lm: LanguageModel, calls: Sequence[Sequence[Sequence[int]]], batch_size: int = 16
+) -> list[torch.Tensor]:
+    """`last_token_logits` of every call in `calls`, computed together: one (B_i, V) tensor per call.
+
+    Calls are packed in order into groups of at most `batch_size` prompts (a larger call is a group on
+    its own); a group encodes its calls' prefixes in one left-padded forward, then its suffix rows in
+    chunks of `batch_size`, each row attending to its own call's prefix.
+    """
+    for seqs in calls:
+        _check(seqs)
+    out: list[torch.Tensor] = [torch.empty(0)] * len(calls)
+    group: list[int] = []
+    rows = 0
+    for i, seqs in enumerate(calls):
+        if not seqs:
+            continue
+        if group and rows + len(seqs) > batch_size:
+            _run_group(lm, [calls[j] for j in group], batch_size, out, group)
+            group, rows = [], 0
+        group.append(i)
+        rows += len(seqs)
+    if group:
+        _run_group(lm, [calls[j] for j in group], batch_size, out, group)
+    return out
+
+
+def _run_group(
+    lm: LanguageModel,
+    calls: Sequence[Sequence[Sequence[int]]],
+    batch_size: int,
+    out: list[torch.Tensor],
+    where: list[int],
+) -> None:
     model = lm.model
     kw = _cache_kwarg(type(model))  # type: ignore[arg-type]
-    # Every row keeps at least one suffix token: its last token is where the logits are read.
-    p = min(common_prefix_length(sequences), min(len(s) for s in sequences) - 1)
     device = lm.device
     pad = int(lm.tokenizer.pad_token_id or 0)
-    outputs = []
+    # Every row keeps at least one suffix token: its last token is where the logits are read.
+    prefix_lens = [min(common_prefix_length(seqs), min(len(s) for s in seqs) - 1) for seqs in calls]
+    width_p = max(prefix_lens)
+    # Prefix columns per call: left-padded to the longest prefix, the padding masked out.
+    prefix_mask = torch.zeros((len(calls), width_p), dtype=torch.long)
+    for c, p in enumerate(prefix_lens):
+        prefix_mask[c, width_p - p :] = 1
+    # Suffix rows of all calls, flattened: (call index, suffix tokens).
+    flat = [(c, list(s[prefix_lens[c] :])) for c, seqs in enumerate(calls) for s in seqs]
+    logits: list[torch.Tensor] = []
     with torch.inference_mode():
         prefix_cache = None
-        if p > 0:
-            prefix = torch.tensor([list(sequences[0][:p])], device=device)
-            prefix_cache = _returned_cache(model(prefix, use_cache=True, logits_to_keep=1))
-        for start in range(0, len(sequences), batch_size):
-            chunk = [list(s[p:]) for s in sequences[start : start + batch_size]]
-            b, width = len(chunk), max(len(s) for s in chunk)
+        if width_p > 0:
+            ids = torch.full((len(calls), width_p), pad, dtype=torch.long)
+            for c, p in enumerate(prefix_lens):
+                if p:
+                    ids[c, width_p - p :] = torch.tensor(list(calls[c][0][:p]))
+            prefix_cache = _returned_cache(
+                model(
+                    ids.to(device),
+                    attention_mask=prefix_mask.to(device),
+                    position_ids=(prefix_mask.cumsum(dim=1) - 1).clamp(min=0).to(device),
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+            )
+        for start in range(0, len(flat), batch_size):
+            chunk = flat[start : start + batch_size]
+            owners = torch.tensor([c for c, _ in chunk])
+            b, width = len(chunk), max(len(s) for _, s in chunk)
             ids = torch.full((b, width), pad, dtype=torch.long)
             mask = torch.zeros((b, width), dtype=torch.long)
-            for i, s in enumerate(chunk):
+            for i, (_, s) in enumerate(chunk):
                 ids[i, width - len(s) :] = torch.tensor(s)
                 mask[i, width - len(s) :] = 1
-            positions = p + (mask.cumsum(dim=1) - 1).clamp(min=0)
+            offsets = torch.tensor([prefix_lens[c] for c, _ in chunk]).unsqueeze(1)
+            positions = offsets + (mask.cumsum(dim=1) - 1).clamp(min=0)
             kwargs: dict[str, object] = {}
             if prefix_cache is not None:
-                past = copy.deepcopy(prefix_cache)
-                past.batch_repeat_interleave(b)  # type: ignore[attr-defined]
+                past = copy.deepcopy(prefix_cache)  # the forward appends to it
+                past.batch_select_indices(owners.to(device))  # type: ignore[attr-defined]
                 kwargs[kw] = past
-            full_mask = torch.cat([torch.ones((b, p), dtype=torch.long), mask], dim=1)
-            out = model(
+            full_mask = torch.cat([prefix_mask[owners], mask], dim=1)
+            result = model(
                 ids.to(device),
                 attention_mask=full_mask.to(device),
                 position_ids=positions.to(device),
@@ -83,5 +175,24 @@ def last_token_logits(lm: LanguageModel, sequences: Sequence[Sequence[int]], bat
                 logits_to_keep=1,
                 **kwargs,
             )
-            outputs.append(out.logits[:, -1].float().cpu())
-    return torch.cat(outputs, dim=0)
+            logits.append(result.logits[:, -1].float().cpu())
+    merged = torch.cat(logits, dim=0)
+    start = 0
+    for c, seqs in enumerate(calls):
+        out[where[c]] = merged[start : start + len(seqs)]
+        start += len(seqs)
+
+
+def logits_for_calls(
+    calls: Sequence[tuple[LanguageModel, list[list[int]]]], batch_size: int = 32
+) -> list[torch.Tensor]:
+    """What a batcher runs: `(lm, prompts)` calls, possibly of several LMs; one logits tensor per call."""
+    out: list[torch.Tensor] = [torch.empty(0)] * len(calls)
+    by_lm: dict[int, list[int]] = {}
+    for i, (lm, _) in enumerate(calls):
+        by_lm.setdefault(id(lm), []).append(i)
+    for idxs in by_lm.values():
+        lm = calls[idxs[0]][0]
+        for i, logits in zip(idxs, last_token_logits_many(lm, [calls[i][1] for i in idxs], batch_size), strict=True):
+            out[i] = logits
+    return out

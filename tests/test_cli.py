@@ -110,3 +110,24 @@ def test_demo_indexes_the_bundled_corpus_and_answers(env):
     assert "Dragon Ball Z" in result.output
     assert "kept spans per passage" in result.output
     assert (env / "index" / "manifest.json").exists()
+
+
+def test_train_exit_evaluates_on_held_out_hotpotqa_questions(env):
+    data = need_data("hotpotqa_train100/hotpotqa_train_100.json").parent.parent
+    out = env / "exit-ce"
+    args = ["train", "exit", "--out", str(out), "--data", str(data), "--max-examples", "16", "--nq-questions", "5"]
+    result = runner.invoke(app, [*args, "--holdout", "2"])
+    assert result.exit_code == 0, result.output
+    assert "held-out HotpotQA (2 questions" in " ".join(result.output.split())
+    summary = json.loads((out / "ragctx_training.json").read_text())
+    held_out = summary["held_out_hotpotqa"]
+    assert summary["examples"] == 16 and held_out["questions"] == 2 and held_out["sentences"] > 20
+    assert 0.0 <= held_out["auc"] <= 1.0
+
+
+def test_train_exit_refuses_to_hold_out_every_question(env):
+    data = need_data("hotpotqa_train100/hotpotqa_train_100.json").parent.parent
+    result = runner.invoke(app, ["train", "exit", "--out", str(env / "x"), "--data", str(data), "--holdout", "100"])
+    assert result.exit_code == 2
+    assert "leaves no HotpotQA question to train on" in " ".join(result.output.split())
+    assert not (env / "x").exists()

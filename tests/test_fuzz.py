@@ -3,8 +3,9 @@ is the service's JSON error body with a message.
 
 Bounded: a few examples per operation, and the service's size limits made small (5 passages, 20 kB bodies)
 so generated inputs stay cheap for the models (larger ones must get a 413, which is checked like any other
-error). Left out: `/v1/chat/completions`, which generates text with the reader LM (or calls an upstream),
-too slow for fuzzing here.
+error). `/v1/chat/completions` is fuzzed on its own against a service whose upstream is a STUB of the
+external LLM (tests/test_api.py's StubUpstream, on loopback): generating with the local reader per example
+would be too slow, and the upstream is not ours.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import hypothesis
 import pytest
-from test_api import running
+from test_api import StubUpstream, running
 
 from ragctx.api import create_app
 from ragctx.config import Settings
@@ -25,18 +26,34 @@ schemathesis = pytest.importorskip("schemathesis")
 EXAMPLES_PER_OPERATION = 6
 
 
-@pytest.fixture(scope="module")
-def api_schema(settings: Settings, registry: ModelRegistry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    small = settings.model_copy(
+def small_settings(settings: Settings, index_dir: Any, **extra: Any) -> Settings:
+    return settings.model_copy(
         update={
-            "index_dir": tmp_path_factory.mktemp("fuzz-index"),
+            "index_dir": index_dir,
             "max_passages": 5,
             "max_request_chars": 20_000,
             "request_timeout_s": 60.0,
+            **extra,
         }
     )
+
+
+@pytest.fixture(scope="module")
+def api_schema(settings: Settings, registry: ModelRegistry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    small = small_settings(settings, tmp_path_factory.mktemp("fuzz-index"))
     with running(create_app(small, registry)) as url:
         yield schemathesis.openapi.from_url(f"{url}/openapi.json").exclude(path="/v1/chat/completions")
+
+
+@pytest.fixture(scope="module")
+def chat_schema(settings: Settings, registry: ModelRegistry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    upstream = StubUpstream()
+    small = small_settings(settings, tmp_path_factory.mktemp("fuzz-chat-index"), upstream_base_url=upstream.base_url)
+    try:
+        with running(create_app(small, registry)) as url:
+            yield schemathesis.openapi.from_url(f"{url}/openapi.json").include(path="/v1/chat/completions")
+    finally:
+        upstream.close()
 
 
 def check_response(case: Any) -> int:
@@ -50,12 +67,11 @@ def check_response(case: Any) -> int:
     return int(response.status_code)
 
 
-def test_no_server_errors_and_every_error_has_a_json_message(api_schema: Any) -> None:
+def fuzz_operations(schema: Any) -> list[int]:
     # Hypothesis driven by hand: schemathesis' pytest plugin does not run under this pytest (9.x).
-    operations = [result.ok() for result in api_schema.get_all_operations()]
-    assert {op.path for op in operations} >= {"/v1/compress", "/v1/context", "/v1/rerank", "/v1/documents"}
     statuses: list[int] = []
-    for operation in operations:
+    for result in schema.get_all_operations():
+        operation = result.ok()
 
         @hypothesis.given(case=operation.as_strategy())
         @hypothesis.settings(
@@ -69,5 +85,18 @@ def test_no_server_errors_and_every_error_has_a_json_message(api_schema: Any) ->
             statuses.append(check_response(case))
 
         fuzz()
-    assert len(statuses) >= len(operations)  # every operation was called
+    return statuses
+
+
+def test_no_server_errors_and_every_error_has_a_json_message(api_schema: Any) -> None:
+    paths = {result.ok().path for result in api_schema.get_all_operations()}
+    assert paths >= {"/v1/compress", "/v1/context", "/v1/rerank", "/v1/documents"}
+    statuses = fuzz_operations(api_schema)
+    assert len(statuses) >= len(paths)  # every operation was called
     assert any(s < 400 for s in statuses) and any(s >= 400 for s in statuses)
+
+
+def test_chat_completions_fuzzed_in_front_of_a_stub_upstream(chat_schema: Any) -> None:
+    assert {result.ok().path for result in chat_schema.get_all_operations()} == {"/v1/chat/completions"}
+    statuses = fuzz_operations(chat_schema)
+    assert statuses and any(s >= 400 for s in statuses)

@@ -28,3 +28,14 @@ def median_p90(values: Sequence[float]) -> tuple[float, float]:
         return (float("nan"), float("nan"))
     arr = np.asarray(values, dtype=float)
     return float(np.median(arr)), float(np.percentile(arr, 90))
+
+
+def roc_auc(positive: Sequence[float], negative: Sequence[float]) -> float:
+    """P(a positive scores above a negative), ties counted half (Mann-Whitney U over n+ n-)."""
+    if not positive or not negative:
+        return float("nan")
+    neg = np.sort(np.asarray(negative, dtype=float))
+    pos = np.asarray(positive, dtype=float)
+    below = np.searchsorted(neg, pos, side="left")
+    ties = np.searchsorted(neg, pos, side="right") - below
+    return float((below + 0.5 * ties).sum() / (len(pos) * len(neg)))

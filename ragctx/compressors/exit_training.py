@@ -3,9 +3,11 @@
 Labels follow EXIT's sampling (algorithms.md §5.3): every supporting sentence is a positive; hard
 negatives are other sentences of supporting passages, random negatives sentences of other passages, a
 quarter of the positives each (so two thirds of the set are positives), seeded. Sources: HotpotQA
-(`supporting_facts` per sentence) and MuSiQue (supporting paragraphs; their sentences that contain an
-answer alias are positives). The base is all-MiniLM-L6-v2 (the embedded embedder) with a fresh
-one-logit head; the result is a sentence-transformers CrossEncoder folder, loadable by path.
+(`supporting_facts` per sentence), MuSiQue (supporting paragraphs; their sentences that contain an
+answer alias are positives) and NQ-20 dev rows from 1000 on (weak labels: gold-passage sentences that
+contain an answer; 100 HotpotQA and 100 MuSiQue questions alone are too few to learn from). The base
+is all-MiniLM-L6-v2 (the embedded embedder) with a fresh one-logit head; the result is a
+sentence-transformers CrossEncoder folder, loadable by path.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from ragctx.bench.metrics import roc_auc
 from ragctx.compressors.exit import exit_pair_text
+from ragctx.compressors.selection import Unit, UnitScorer
+from ragctx.pipeline.state import PipelineState
 from ragctx.segmentation import sentence_offsets
 from ragctx.types import Passage
 
@@ -44,22 +49,85 @@ def _sample(positives: Pool, hard: Pool, easy: Pool, rng: random.Random) -> list
     return out
 
 
-def hotpotqa_examples(path: Path, rng: random.Random) -> list[SentenceExample]:
+def hotpotqa_rows(path: Path) -> list[dict[str, Any]]:
+    return list(json.loads(path.read_text(encoding="utf-8")))
+
+
+@dataclass
+class LabelledPassage:
+    """A HotpotQA paragraph as one passage: its non-empty sentences' offsets and supporting-fact flags."""
+
+    passage: Passage
+    sentences: list[tuple[int, int]]
+    supporting: list[bool]
+
+
+def hotpotqa_passages(row: dict[str, Any]) -> list[LabelledPassage]:
+    support = {(t, int(i)) for t, i in row["supporting_facts"]}
+    out = []
+    for title, sentences in row["context"]:
+        text, spans, flags, pos = "", [], [], 0
+        for i, sent in enumerate(sentences):
+            start, end = pos + len(sent) - len(sent.lstrip()), pos + len(sent.rstrip())
+            if end > start:
+                spans.append((start, end))
+                flags.append((title, i) in support)
+            text += sent
+            pos += len(sent)
+        out.append(LabelledPassage(Passage(title, text, title), spans, flags))
+    return out
+
+
+def hotpotqa_examples(rows: list[dict[str, Any]], rng: random.Random) -> list[SentenceExample]:
     pos: Pool = []
     hard: Pool = []
     easy: Pool = []
-    for row in json.loads(path.read_text(encoding="utf-8")):
+    for row in rows:
         q = row["question"]
-        support = {(t, int(i)) for t, i in row["supporting_facts"]}
-        titles = {t for t, _ in support}
-        for title, sentences in row["context"]:
-            passage = Passage(title, "".join(sentences), title)
-            for i, s in enumerate(sentences):
-                if not s.strip():
-                    continue
-                item = (q, s.strip(), passage)
-                (pos if (title, i) in support else hard if title in titles else easy).append(item)
+        labelled = hotpotqa_passages(row)
+        titles = {lp.passage.id for lp in labelled if any(lp.supporting)}
+        for lp in labelled:
+            for (a, b), gold in zip(lp.sentences, lp.supporting, strict=True):
+                item = (q, lp.passage.text[a:b], lp.passage)
+                (pos if gold else hard if lp.passage.id in titles else easy).append(item)
     return _sample(pos, hard, easy, rng)
+
+
+@dataclass
+class SentenceEval:
+    questions: int
+    sentences: int
+    precision: float
+    recall: float
+    kept_fraction: float
+    auc: float  # ranking quality whatever tau: P(a supporting sentence scores above another)
+
+
+def evaluate_supporting_facts(scorer: UnitScorer, rows: list[dict[str, Any]], tau: float) -> SentenceEval:
+    """Sentence precision and recall of `score >= tau` against HotpotQA's supporting facts; each sentence
+    is scored with its own paragraph as the passage (EXIT's setting)."""
+    tp = fp = fn = n = 0
+    gold_scores: list[float] = []
+    other_scores: list[float] = []
+    for row in rows:
+        for lp in hotpotqa_passages(row):
+            state = PipelineState(question=row["question"])
+            state.set_passages([lp.passage])
+            scores = scorer.score(state, [Unit(0, a, b) for a, b in lp.sentences])
+            for score, gold in zip(scores, lp.supporting, strict=True):
+                n += 1
+                (gold_scores if gold else other_scores).append(score)
+                tp += score >= tau and gold
+                fp += score >= tau and not gold
+                fn += score < tau and gold
+    return SentenceEval(
+        questions=len(rows),
+        sentences=n,
+        precision=tp / (tp + fp) if tp + fp else 0.0,
+        recall=tp / (tp + fn) if tp + fn else 0.0,
+        kept_fraction=(tp + fp) / n if n else 0.0,
+        auc=roc_auc(gold_scores, other_scores),
+    )
 
 
 def musique_examples(path: Path, rng: random.Random) -> list[SentenceExample]:
@@ -78,6 +146,31 @@ def musique_examples(path: Path, rng: random.Random) -> list[SentenceExample]:
                     (pos if any(x in s.lower() for x in answers) else hard).append((q, s, passage))
                 else:
                     easy.append((q, s, passage))
+    return _sample(pos, hard, easy, rng)
+
+
+NQ_FIRST_ROW = 1000  # NQ-20 dev rows before this one are the benchmarks' questions: never trained on
+
+
+def nq_examples(path: Path, rng: random.Random, questions: int, first_row: int = NQ_FIRST_ROW) -> list[SentenceExample]:
+    """Weak labels from NQ-20: a sentence of the gold passage that contains a gold answer is a positive,
+    the gold passage's other sentences hard negatives, sentences of the other passages without an answer
+    random negatives (a distractor sentence that happens to contain the answer is left out)."""
+    from ragctx.bench.data import load_nq20
+    from ragctx.bench.metrics import has_answer
+
+    pos: Pool = []
+    hard: Pool = []
+    easy: Pool = []
+    for q in load_nq20(path, questions, skip=first_row):
+        for i, passage in enumerate(q.passages):
+            for a, b in sentence_offsets(passage.text):
+                sentence = passage.text[a:b]
+                answer = has_answer(sentence, q.answers)
+                if i == q.gold_index:
+                    (pos if answer else hard).append((q.question, sentence, passage))
+                elif not answer:
+                    easy.append((q.question, sentence, passage))
     return _sample(pos, hard, easy, rng)
 
 

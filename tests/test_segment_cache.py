@@ -307,3 +307,31 @@ def test_cache_counters_are_exported_as_metrics():
     assert 'ragctx_segment_cache_total{backend="memory",event="hits"} 1.0' in text
     assert 'ragctx_segment_cache_total{backend="memory",event="misses"} 1.0' in text
     assert 'ragctx_segment_cache_total{backend="memory",event="fallbacks"} 0.0' in text
+
+
+def test_the_service_serves_segments_from_a_real_redis_and_reports_it(
+    redis_server, registry, shallow_heads_dir, nq20_rows
+):
+    """The real app (uvicorn on loopback) with a real redis-server: the second question over the same
+    passages is scored from Redis, /readyz says Redis is ok, /metrics counts the Redis hits."""
+    import httpx
+    from test_api import running
+
+    from ragctx.api import create_app
+
+    settings = load_settings(cache_dir=shallow_heads_dir, redis_url=redis_server.url, segment_kv=True)
+    row = nq20_rows[6]
+    passages = row["passages"][:5]
+    with running(create_app(settings, registry)) as url, httpx.Client(base_url=url, timeout=120) as http:
+        assert http.get("/readyz").json()["checks"]["redis"] == "ok"
+        stats = []
+        for question in (row["question"], "who is it about?"):
+            body = {"question": question, "passages": passages, "budget": 120, "method": "ehpc"}
+            response = http.post("/v1/compress", json=body)
+            assert response.status_code == 200, response.text
+            assert 0 < response.json()["tokens_out"] <= 120
+            stats.append(next(s for s in response.json()["stats"] if s["name"] == "ehpc"))
+        assert [s["cache_hits"] for s in stats] == [0, len(passages)]
+        metrics = http.get("/metrics").text
+    assert f'ragctx_segment_cache_total{{backend="redis",event="hits"}} {float(len(passages))}' in metrics
+    assert redis.Redis.from_url(redis_server.url).dbsize() >= len(passages)

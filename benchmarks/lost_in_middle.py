@@ -17,6 +17,7 @@ On a bare GPU machine (torch + transformers + our wheels): compute the embedding
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -41,7 +42,7 @@ from ragctx.reader import LocalReader  # noqa: E402
 from ragctx.reordering.attention import AttentionSortStage, AttnRankStage  # noqa: E402
 from ragctx.reordering.orders import ReorderStage  # noqa: E402
 from ragctx.scoring.distraction import DistractionScorer  # noqa: E402
-from ragctx.scoring.relevance import QueryLikelihoodScorer  # noqa: E402
+from ragctx.scoring.relevance import QueryLikelihoodScorer, embedding_relevance  # noqa: E402
 from ragctx.types import Passage  # noqa: E402
 
 METHODS = ["retriever", "inverse", "shuffle", "lim-langchain", "lim-llamaindex", "attention-sort", "attnrank"]
@@ -54,13 +55,29 @@ def with_gold_at(q: Question, slot: int) -> list[Passage]:
     return others[: slot - 1] + [q.passages[q.gold_index]] + others[slot - 1 :]
 
 
-def embedding_scores(questions: list[Question]) -> dict[str, dict[str, float]]:
-    from ragctx.models import default_embedder_path, load_embedder
-    from ragctx.scoring.relevance import embedding_relevance
+def state_of(question: str, passages: list[Passage], seed: int = 0) -> PipelineState:
+    state = PipelineState(question, seed=seed)
+    state.set_passages(passages)
+    return state
 
-    embedder = load_embedder(str(default_embedder_path()))
+
+@functools.cache
+def embedder(device: str = "auto") -> Any:
+    """The embedded embedder, loaded once; None on a machine without it (scores then come from --relevance)."""
+    from ragctx.models import default_embedder_path, load_embedder
+
+    try:
+        return load_embedder(str(default_embedder_path()), device)
+    except (ImportError, ModelNotFoundError):
+        return None
+
+
+def embedding_scores(questions: list[Question], device: str) -> dict[str, dict[str, float]]:
+    model = embedder(device)
+    if model is None:
+        sys.exit("the embedder is not installed here: pass --relevance FILE")
     return {
-        q.qid: dict(zip([p.id for p in q.passages], embedding_relevance(embedder, q.question, q.passages), strict=True))
+        q.qid: dict(zip([p.id for p in q.passages], embedding_relevance(model, q.question, q.passages), strict=True))
         for q in questions
     }
 
@@ -73,10 +90,9 @@ class Orders:
         self.attnrank = AttnRankStage(lm, cache_dir)
 
     def apply(self, method: str, question: str, passages: list[Passage], seed: int) -> list[Passage]:
-        state = PipelineState(question, seed=seed)
         if method == "attnrank":  # relevance first, as after a relevance stage
             passages = sorted(passages, key=lambda p: -(p.score or 0.0))
-        state.set_passages(passages)
+        state = state_of(question, passages, seed)
         if method in {"inverse", "shuffle", "lim-langchain", "lim-llamaindex"}:
             ReorderStage(f"reorder-{method}").run(state)
         elif method == "attention-sort":
@@ -116,9 +132,7 @@ def run_curve(args: argparse.Namespace, lm: LanguageModel, questions: list[Quest
                 order = orders.apply(method, q.question, base, seed=qi)
                 assert sorted(p.id for p in order) == sorted(p.id for p in base)
                 gold_slot.setdefault((method, slot), []).append(1 + [p.id for p in order].index(gold_id))
-                state = PipelineState(q.question)
-                state.set_passages(order)
-                key = (q.question, render(state.passages))
+                key = (q.question, render(state_of(q.question, order).passages))
                 if key not in index:
                     index[key] = len(requests)
                     requests.append(key)
@@ -161,9 +175,7 @@ def run_auc(args: argparse.Namespace, lm: LanguageModel, questions: list[Questio
             if rel >= EMBED_THRESHOLD or de < DE_THRESHOLD
         ]
         for target, kept in ((keep_all, q.passages), (dropped, keep)):
-            state = PipelineState(q.question)
-            state.set_passages(kept)
-            target.append((q.question, render(state.passages) or None))
+            target.append((q.question, render(state_of(q.question, kept).passages) or None))
     reader = LocalReader(lm, max_new_tokens=args.max_new_tokens)
     acc = {}
     for name, reqs in (("keep_all", keep_all), ("drop_distracting", dropped)):
@@ -180,13 +192,7 @@ def run_auc(args: argparse.Namespace, lm: LanguageModel, questions: list[Questio
 def run_costs(args: argparse.Namespace, lm: LanguageModel, questions: list[Question]) -> dict[str, Any]:
     de_scorer, ql_scorer = DistractionScorer(lm), QueryLikelihoodScorer(lm)
     orders = Orders(lm, args.cache_dir, 1)
-    try:  # a bare GPU machine has no embedder: its scores came from --relevance
-        from ragctx.models import default_embedder_path, load_embedder
-        from ragctx.scoring.relevance import embedding_relevance
-
-        embedder: Any = load_embedder(str(default_embedder_path()), args.device)
-    except (ImportError, ModelNotFoundError):
-        embedder = None
+    model = embedder(args.device)
     ms: dict[str, list[float]] = {}
     for i, q in enumerate(questions):
         jobs: dict[str, Callable[[], Any]] = {
@@ -194,21 +200,17 @@ def run_costs(args: argparse.Namespace, lm: LanguageModel, questions: list[Quest
             "query_likelihood": partial(ql_scorer.score, q.question, q.passages),
             "attnrank": partial(orders.apply, "attnrank", q.question, q.passages, 0),
         }
-        if embedder is not None:
-            jobs["embedding"] = partial(embedding_relevance, embedder, q.question, q.passages)
+        if model is not None:
+            jobs["embedding"] = partial(embedding_relevance, model, q.question, q.passages)
         for k in range(1, args.max_rounds + 1):
-            jobs[f"attention_sort_{k}"] = partial(AttentionSortStage(lm, rounds=k).run, _state(q))
+            jobs[f"attention_sort_{k}"] = partial(
+                AttentionSortStage(lm, rounds=k).run, state_of(q.question, q.passages)
+            )
         for name, job in jobs.items():
             t = timed(lm, job)
             if i > 0:  # the first question warms up
                 ms.setdefault(name, []).append(t)
     return {name: {"median_ms": statistics.median(v), "n": len(v)} for name, v in ms.items()}
-
-
-def _state(q: Question) -> PipelineState:
-    state = PipelineState(q.question)
-    state.set_passages(q.passages)
-    return state
 
 
 def plot(curve: dict[str, Any], slots: list[int], path: Path, title: str) -> None:
@@ -294,10 +296,10 @@ def main() -> None:
         sys.exit("NQ-20 not found: pass --nq PATH")
     questions = load_nq20(nq, args.n)
     if args.save_relevance:
-        args.save_relevance.write_text(json.dumps(embedding_scores(questions)))
+        args.save_relevance.write_text(json.dumps(embedding_scores(questions, args.device)))
         print(f"wrote {args.save_relevance}")
         return
-    rel = json.loads(args.relevance.read_text()) if args.relevance else embedding_scores(questions)
+    rel = json.loads(args.relevance.read_text()) if args.relevance else embedding_scores(questions, args.device)
     for q in questions:
         q.passages = [replace(p, score=rel[q.qid][p.id]) for p in q.passages]
     torch.manual_seed(0)

@@ -54,8 +54,9 @@ class LocalReader:
         # Longest first: batch mates of similar length waste less padding.
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         answers: list[str] = [""] * len(prompts)
-        for start in range(0, len(order), max(1, batch_size)):
-            rows = order[start : start + max(1, batch_size)]
+        step = max(1, batch_size)
+        for start in range(0, len(order), step):
+            rows = order[start : start + step]
             enc: Any = tok([prompts[i] for i in rows], return_tensors="pt", padding=True, add_special_tokens=False)
             input_ids = enc["input_ids"].to(self.lm.device)
             with torch.inference_mode():

@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from ragctx.bench.metrics import roc_auc
+from ragctx.bench.data import load_nq20
+from ragctx.bench.metrics import has_answer, roc_auc
 from ragctx.compressors.exit import exit_pair_text
 from ragctx.compressors.selection import Unit, UnitScorer
 from ragctx.pipeline.state import PipelineState
@@ -156,9 +157,6 @@ def nq_examples(path: Path, rng: random.Random, questions: int, first_row: int =
     """Weak labels from NQ-20: a sentence of the gold passage that contains a gold answer is a positive,
     the gold passage's other sentences hard negatives, sentences of the other passages without an answer
     random negatives (a distractor sentence that happens to contain the answer is left out)."""
-    from ragctx.bench.data import load_nq20
-    from ragctx.bench.metrics import has_answer
-
     pos: Pool = []
     hard: Pool = []
     easy: Pool = []

@@ -16,7 +16,7 @@ time per call (back-to-back calls without sync).
 configurations of the kernel (GPU time); --model times a forward of the SmolLM2-135M architecture
 (random weights: timing only) with output_attentions=True against the head-scoring pass.
 Run: `python benchmarks/kernel_bench.py --out-dir bench-out` on a CUDA machine; for before/after, e.g.
-`git show 8b23dbe:ragctx/kernels/triton_mass.py > bench-out/old_triton_mass.py` and
+`git show a6975c9:ragctx/kernels/triton_mass.py > bench-out/old_triton_mass.py` and
 `--baseline bench-out/old_triton_mass.py`. Writes kernel_bench.json and kernel_bench.md.
 """
 
@@ -174,7 +174,7 @@ def bench_shape(
         "naive-cold": lambda i: naive(*copies[i % len(copies)]),
     }
     if old is not None:  # as the old dispatch called it: positions and weights built per call
-        fns["old-triton"] = lambda _i: old(q, k, torch.arange(n - 32, n, device="cuda"), torch.ones(8), scale)
+        fns["old-triton"] = lambda _i: old(q, k, None, None, scale)
     for name, fn in fns.items():
         ms = timed(fn, reps=args.reps)
         row[f"{name}_ms"] = ms
@@ -184,6 +184,9 @@ def bench_shape(
     ms = graph_ms(lambda: attention_mass(q, k, use_triton=True))
     row["triton-gpu_ms"], row["triton-gpu_GBps"] = ms, gbps(nbytes, ms)
     row["triton-2launch-gpu_ms"] = graph_ms(lambda: attention_mass_triton(q, k, None, None, scale, fused=False))
+    row["naive-gpu_ms"] = graph_ms(lambda: naive(q, k), calls=3)
+    if old is not None:
+        row["old-triton-gpu_ms"] = graph_ms(lambda: old(q, k, None, None, scale))
     if n <= 16384:
         q_all = torch.randn(8, n, d, device="cuda", dtype=torch.bfloat16)
         row["full-attn_ms"] = timed(lambda _i: full_attention(q_all, k), reps=5)
@@ -230,14 +233,10 @@ def sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
         best = min(ok, key=lambda r: sum(math.log(r[str(n)]) for n in tile_ns))
         tile = {key: best[key] for key in ("block_n", "num_warps", "num_stages")}
         for n, q, k in cases:
-            for f1 in (0.5, 1, 2):
-                for f2 in (0.5, 1, 2, 4):
-                    cfg = {
-                        **tile,
-                        "split": max(1, math.ceil(n / max(1, int(f1 * sms / 2)))),
-                        "keys_per_program": max(1, math.ceil(n / int(f2 * sms))),
-                    }
-                    res = {"head_dim": d, "N": n, "f1": f1, "f2": f2, **cfg, "gpu_ms": gpu(cfg, n, q, k)}
+            for f1 in (0.5, 1, 2, 4):  # programs per multiprocessor and pass
+                for fold in (8, 16, 32):
+                    cfg = {**tile, "split": max(1, math.ceil(n / max(1, int(f1 * sms / 2)))), "fold": fold}
+                    res = {"head_dim": d, "N": n, "f1": f1, **cfg, "gpu_ms": gpu(cfg, n, q, k)}
                     print(json.dumps(res), flush=True)
                     out.append(res)
         del cases
@@ -341,9 +340,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"Device: {result['device']}; copy {copy:.0f} GB/s (read + write); bf16, W = 32, 8 query / 2 key heads.",
         "",
         "| d | N | triton ms | GB/s | % copy | cold ms | GPU-only ms | GPU-only GB/s | 2-launch ms "
-        "| 2-launch GPU-only ms | old triton ms | naive ms | naive cold ms | triton vs naive | torch-path ms "
-        "| full-attn ms |",
-        "|" + " --- |" * 16,
+        "| 2-launch GPU-only ms | old triton ms | old GPU-only ms | naive ms | naive cold ms | naive GPU-only ms "
+        "| triton vs naive | GPU-only vs naive GPU-only | torch-path ms | full-attn ms |",
+        "|" + " --- |" * 19,
     ]
 
     def f(row: dict[str, Any], key: str) -> str:
@@ -355,8 +354,9 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {r['head_dim']} | {r['N']} | {f(r, 'triton_ms')} | {r['triton_GBps']:.0f} | "
             f"{100 * r['triton_GBps'] / copy:.0f}% | {f(r, 'triton-cold_ms')} | {f(r, 'triton-gpu_ms')} | "
             f"{r['triton-gpu_GBps']:.0f} | {f(r, 'triton-2launch_ms')} | {f(r, 'triton-2launch-gpu_ms')} | "
-            f"{f(r, 'old-triton_ms')} | {f(r, 'naive_ms')} | {f(r, 'naive-cold_ms')} | "
-            f"{r['naive_ms'] / r['triton_ms']:.2f}x | {f(r, 'torch-path_ms')} | {f(r, 'full-attn_ms')} |"
+            f"{f(r, 'old-triton_ms')} | {f(r, 'old-triton-gpu_ms')} | {f(r, 'naive_ms')} | {f(r, 'naive-cold_ms')} | "
+            f"{f(r, 'naive-gpu_ms')} | {r['naive_ms'] / r['triton_ms']:.2f}x | "
+            f"{r['naive-gpu_ms'] / r['triton-gpu_ms']:.2f}x | {f(r, 'torch-path_ms')} | {f(r, 'full-attn_ms')} |"
         )
     enq = [r for r in result.get("rows", []) if "triton_enqueue_us" in r]
     if enq:

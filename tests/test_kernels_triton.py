@@ -1,8 +1,8 @@
 """The Triton head-scoring kernel against the PyTorch path: under TRITON_INTERPRET=1 on the CPU (small
 shapes; CI), and at full size on CUDA. Tolerance: 1e-5 absolute on the mass (fp32 and fp16 inputs;
 the reference computes in fp32 from the same rounded inputs). Both launch modes (one launch, two) and
-several tilings; on CUDA also the one launch's synchronisation (runs must be bitwise identical) and the
-cached launcher against Triton's JIT dispatch."""
+several tilings; on CUDA also the one launch's synchronisation (runs must be bitwise identical: every
+sum is taken in a fixed order) and the cached launcher against Triton's JIT dispatch."""
 
 from __future__ import annotations
 
@@ -92,17 +92,17 @@ def test_row_statistics_split_over_key_ranges_combine_exactly(n, w, split):
     assert torch.allclose(out.cpu(), ref, atol=1e-5)
 
 
-TILINGS = [  # (query heads, key heads, W, N, head_dim, keys per pass-1 program, per pass-2 program, block_n)
-    (16, 2, 40, 700, 64, 128, 64, 64),  # 320 rows per key head: three row tiles, atomics across tiles
-    (6, 3, 8, 333, 128, 64, 128, 64),  # three key heads summed in one pass-2 program
-    (4, 1, 5, 1000, 64, 256, 192, 64),  # pass-2 ranges that are not multiples of the pass-1 ranges
+TILINGS = [  # (query heads, key heads, W, N, head_dim, keys per program, ranges per fold, block_n)
+    (16, 2, 40, 700, 64, 128, 2, 64),  # 320 rows per key head: three row tiles, six pairs summed in order
+    (6, 3, 8, 333, 128, 64, 2, 64),  # three key heads; six ranges folded in three groups
+    (4, 1, 5, 1000, 64, 64, 4, 64),  # one pair: 16 ranges in four groups, straight into the output
     (2, 2, 3, 257, 64, None, None, 128),  # the heuristics with one key past a block boundary
 ]
 
 
 @pytest.mark.parametrize("fused", [True, False])  # one launch (both passes) or two
-@pytest.mark.parametrize(("hq", "hkv", "w", "n", "d", "split", "per2", "block_n"), TILINGS)
-def test_tilings_and_ranges_agree_with_the_pytorch_path(hq, hkv, w, n, d, split, per2, block_n, fused):
+@pytest.mark.parametrize(("hq", "hkv", "w", "n", "d", "split", "fold", "block_n"), TILINGS)
+def test_tilings_and_ranges_agree_with_the_pytorch_path(hq, hkv, w, n, d, split, fold, block_n, fused):
     g = torch.Generator().manual_seed(3)
     q, k = torch.randn(hq, w, d, generator=g), torch.randn(hkv, n, d, generator=g)
     weights = torch.rand(hq, generator=g)
@@ -110,7 +110,7 @@ def test_tilings_and_ranges_agree_with_the_pytorch_path(hq, hkv, w, n, d, split,
         ref, _ = attention_mass(q, k, q_positions=pos, head_weights=weights, use_triton=False)
         out = triton_mass.attention_mass_triton(
             q.to(DEVICE), k.to(DEVICE), pos.to(DEVICE), weights, 1 / math.sqrt(d),
-            split=split, keys_per_program=per2, block_n=block_n, fused=fused,
+            split=split, fold=fold, block_n=block_n, fused=fused,
         )  # fmt: skip
         assert torch.allclose(out.cpu(), ref, atol=1e-5, rtol=1e-4)
 
@@ -133,12 +133,33 @@ def test_keys_as_a_strided_view_of_a_longer_cache():
     assert torch.allclose(out, ref, atol=1e-5)
 
 
-def test_the_one_launch_leaves_its_counters_at_zero_for_the_next():
+def next_launch_finds_its_counters_at_zero() -> bool:
+    # Each launch zeroes the counter set that the next launch on its stream will use.
+    sets = [ws.sync.view(2, -1)[ws.parity] for ws in triton_mass._WORKSPACE.values()]
+    return all(int(counters.abs().sum()) == 0 for counters in sets)
+
+
+def test_each_launch_leaves_the_next_one_zeroed_counters():
     q, k = torch.randn(4, 8, 64), torch.randn(2, 500, 64)
     first = triton_mass.attention_mass_triton(q.to(DEVICE), k.to(DEVICE), None, None, 0.125, split=64)
     again = triton_mass.attention_mass_triton(q.to(DEVICE), k.to(DEVICE), None, None, 0.125, split=64)
     assert torch.equal(first, again)
-    assert all(int(sync.abs().sum()) == 0 for sync, _ in triton_mass._WORKSPACE.values())
+    assert next_launch_finds_its_counters_at_zero()
+
+
+def test_calls_of_different_shapes_in_turn_share_the_counters_correctly():
+    # Plans with more and fewer counters alternate on one stream's workspace; each call must still
+    # find its counters at zero (a stale count would release pass 2 early or never).
+    g = torch.Generator().manual_seed(6)
+    cases = [
+        (torch.randn(4, 8, 64, generator=g), torch.randn(2, 900, 64, generator=g), 64),  # 15 ranges
+        (torch.randn(6, 4, 64, generator=g), torch.randn(3, 200, 64, generator=g), 128),  # 3 pairs, 2 ranges
+    ]
+    for q, k, split in cases * 3:
+        ref, _ = attention_mass(q, k, use_triton=False)
+        out = triton_mass.attention_mass_triton(q.to(DEVICE), k.to(DEVICE), None, None, 0.125, split=split, fold=2)
+        assert torch.allclose(out.cpu(), ref, atol=1e-5)
+    assert next_launch_finds_its_counters_at_zero()
 
 
 @pytest.mark.gpu
@@ -153,7 +174,7 @@ def test_one_launch_is_deterministic_and_equals_two_launches_on_the_gpu(n):
     runs = [triton_mass.attention_mass_triton(q, k, None, None, 128**-0.5) for _ in range(50)]
     assert all(torch.equal(run, two) for run in runs)
     torch.cuda.synchronize()
-    assert all(int(sync.abs().sum()) == 0 for sync, _ in triton_mass._WORKSPACE.values())
+    assert next_launch_finds_its_counters_at_zero()
 
 
 @pytest.mark.gpu

@@ -95,6 +95,17 @@ class Settings(BaseSettings):
         default="sentence", description="What EHPC keeps or drops: tokens, words or sentences."
     )
     ehpc_pool: int = Field(default=5, ge=1, description="EHPC: window of the average pooling over token scores.")
+    ehpc_unit_score: Literal["sum", "mean"] = Field(
+        default="sum",
+        description="EHPC: a word's or sentence's score is the total (`sum`) or mean (`mean`) pooled attention "
+        "of its tokens.",
+    )
+    ehpc_passage_prior: float = Field(
+        default=10.0,
+        ge=0.0,
+        description="EHPC after a passage scorer (`embed-passages+ehpc`): unit score = log(attention) + this "
+        "times the passage's embedding cosine to the question; 0 = attention only.",
+    )
     ehpc_chunk_tokens: int = Field(
         default=4096, ge=256, description="EHPC scores passages in chunks of at most this many tokens."
     )

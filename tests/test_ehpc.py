@@ -14,8 +14,9 @@ from ragctx.compressors.evaluator_heads import (
 )
 from ragctx.config import load_settings
 from ragctx.engine import ContextEngine
-from ragctx.pipeline.state import Budget
+from ragctx.pipeline.state import Budget, passage_header
 from ragctx.scoring.lm_attention import HeadSelection, question_attention
+from ragctx.segmentation import sentence_offsets
 from tests.conftest import need_data, passages_of
 
 
@@ -91,3 +92,94 @@ def test_force_kept_strings_survive_compression(heads, engine, nq20_rows, settin
     ctx = eng.run(row["question"], passages_of(row), method="ehpc", budget=Budget(tokens=120))
     assert needle in ctx.text
     assert ctx.stats[-1].details["forced_units"] >= 1
+
+
+def _engine(engine, settings, **overrides):
+    return ContextEngine(
+        load_settings(index_dir=settings.index_dir, cache_dir=settings.cache_dir, **overrides), engine.models
+    )
+
+
+def test_embedding_prefilter_hands_its_cosines_to_ehpc_as_a_passage_prior(heads, engine, nq20_rows, settings):
+    row = nq20_rows[3]
+    ctx = _engine(engine, settings).run(
+        row["question"], passages_of(row), method="embed-passages+ehpc", budget=Budget(rate=0.1)
+    )
+    vecs = engine.models.embedder().encode(
+        [row["question"], row["passages"][0]["text"]], normalize_embeddings=True, convert_to_numpy=True
+    )
+    first = next(p for p in ctx.passages if p.passage.id == row["passages"][0]["id"])
+    assert first.scores["embedding"] == pytest.approx(float(vecs[1] @ vecs[0]), abs=1e-5)
+    assert all("embedding" in p.scores for p in ctx.passages)
+    assert ctx.stats[-1].name == "ehpc" and ctx.stats[-1].details["passage_prior"] == "embedding"
+    # EHPC alone has no passage scores to lean on: attention only.
+    alone = _engine(engine, settings).run(row["question"], passages_of(row), method="ehpc", budget=Budget(rate=0.1))
+    assert "passage_prior" not in alone.stats[-1].details
+
+
+def test_a_dominant_passage_prior_spends_the_budget_on_the_most_relevant_passage_first(
+    heads, engine, nq20_rows, settings
+):
+    # With a prior that outweighs any attention, the best-cosine passage's sentences are chosen first, so
+    # it is used and no other passage gets more of the budget; with no prior, attention decides and
+    # spreads the budget over more passages (the distractors nearest the question draw attention).
+    spread = 0
+    for row in nq20_rows[:10]:
+        budget = Budget(tokens=100)
+        ctx = _engine(engine, settings, ehpc_passage_prior=1e4).run(
+            row["question"], passages_of(row), method="embed-passages+ehpc", budget=budget
+        )
+        candidates = [p for p in ctx.passages if "embedding" in p.scores]
+        prefiltered = sorted(candidates, key=lambda p: -p.scores["embedding"])
+        used = [p for p in ctx.passages if p.spans]
+        best = prefiltered[0]
+        kept = {p.passage.id: engine.counter.count(" ".join(s.text_of(p.passage) for s in p.spans)) for p in used}
+        if best.passage.id in kept:
+            assert kept[best.passage.id] == max(kept.values())
+        else:  # only when none of its sentences fits the budget on its own (with its header)
+            text = best.passage.text
+            smallest = min(engine.counter.count_many([text[a:b] for a, b in sentence_offsets(text)]))
+            header = engine.counter.count(passage_header(ctx.passages.index(best) + 1, best.passage))
+            assert smallest + header > budget.tokens
+        plain = _engine(engine, settings, ehpc_passage_prior=0.0).run(
+            row["question"], passages_of(row), method="embed-passages+ehpc", budget=budget
+        )
+        spread += sum(1 for p in plain.passages if p.spans) > len(used)
+    assert spread >= 3
+
+
+def test_a_sentence_scores_the_sum_or_the_mean_of_its_pooled_token_attention(heads, engine, nq20_rows, settings):
+    from ragctx.compressors.selection import make_units
+    from ragctx.pipeline.state import PipelineState
+
+    row = nq20_rows[5]
+    state = PipelineState(row["question"])
+    state.set_passages(passages_of(row)[:4])
+    units = make_units(state, "sentence", engine.counter)
+    total = _engine(engine, settings, ehpc_unit_score="sum").pipeline(method="ehpc").stages[-1].scorer
+    mean = _engine(engine, settings, ehpc_unit_score="mean").pipeline(method="ehpc").stages[-1].scorer
+    sums, means = total.attention_scores(state, units), mean.attention_scores(state, units)
+    tokens = [s / m for s, m in zip(sums, means, strict=True)]
+    # The ratio is the number of scorer tokens the sentence spans: a whole number, about its length.
+    assert all(abs(t - round(t)) < 1e-3 for t in tokens)
+    lengths = engine.counter.count_many([state.passages[u.passage_index].passage.text[u.start : u.end] for u in units])
+    assert all(abs(t - n) <= 2 for t, n in zip(tokens, lengths, strict=True))
+    assert max(tokens) > 10
+
+
+def test_the_passage_prior_keeps_more_answers_on_real_questions(heads, engine, nq20_rows, settings):
+    from ragctx.bench.metrics import has_answer
+
+    def recall(**overrides) -> int:
+        eng = _engine(engine, settings, **overrides)
+        return sum(
+            has_answer(
+                eng.run(r["question"], passages_of(r), method="embed-passages+ehpc", budget=Budget(rate=0.1)).text,
+                r["answers"],
+            )
+            for r in nq20_rows[:12]
+        )
+
+    with_prior = recall()
+    attention_only = recall(ehpc_passage_prior=0.0, ehpc_unit_score="mean")
+    assert with_prior > attention_only

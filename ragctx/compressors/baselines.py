@@ -10,6 +10,10 @@ from typing import Any
 from ragctx.compressors.selection import Granularity, Unit
 from ragctx.pipeline.state import PipelineState
 
+# Where EmbeddingPassageFilter records each passage's cosine to the question (PassageResult.scores), so
+# a later compressor in a chain (EHPC) can use it as a passage prior.
+EMBEDDING_SCORE = "embedding"
+
 
 def _in_order(units: Sequence[Unit]) -> list[float]:
     # Earlier units (in the current passage order) score higher, so a budget keeps a prefix.
@@ -52,7 +56,8 @@ class RandomSentenceDrop:
 
 @dataclass
 class EmbeddingPassageFilter:
-    """Keeps whole passages by embedding cosine to the question (the 'embedding top-k' baseline)."""
+    """Keeps whole passages by embedding cosine to the question (the 'embedding top-k' baseline); each
+    passage's cosine is recorded under `EMBEDDING_SCORE` (the best of its spans)."""
 
     embedder: Any
     name: str = "embed-passages"
@@ -62,4 +67,8 @@ class EmbeddingPassageFilter:
         passages = [state.passages[u.passage_index].passage for u in units]
         texts = [p.text[u.start : u.end] for p, u in zip(passages, units, strict=True)]
         vecs = self.embedder.encode([state.question, *texts], normalize_embeddings=True, convert_to_numpy=True)
-        return [float(x) for x in vecs[1:] @ vecs[0]]
+        scores = [float(x) for x in vecs[1:] @ vecs[0]]
+        for u, s in zip(units, scores, strict=True):
+            recorded = state.passages[u.passage_index].scores
+            recorded[EMBEDDING_SCORE] = max(s, recorded.get(EMBEDDING_SCORE, s))
+        return scores

@@ -2,20 +2,31 @@
 
 The scorer LM reads the context followed by the question, only up to the deepest evaluator head (early
 exit). The attention that the question's tokens pay to each context token through the evaluator heads
-is pooled with a small window (so neighbouring tokens keep each other) and averaged over each unit
-(token, word or sentence); the shared selection keeps the best units within the budget, in order.
+is pooled with a small window (so neighbouring tokens keep each other) and summed (or averaged) over
+each unit (token, word or sentence); the shared selection keeps the best units within the budget, in order.
 Passages are scored in chunks of at most `chunk_tokens` so memory stays bounded on long contexts.
 With a SegmentKVCache each passage's keys are encoded once and reused by later questions (only the
 question then runs through the model); without one, each chunk is one full prefill.
+
+Attention alone is a poor judge of which passage matters: it favours whatever sits nearest the question
+(on NQ-20, sentences of a distractor in the last slot get more mass than the answer passage's sentences
+two slots back). When an earlier stage has scored the passages (the embedding prefilter of
+`embed-passages+ehpc` records each passage's cosine to the question), a unit's score is
+`log(attention) + passage_prior * cosine`: attention weighted by the passage prior
+`exp(passage_prior * cosine)`. Summing rather than averaging a sentence's attention favours sentences
+that carry more, which at small budgets more often hold the answer.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
+from ragctx.compressors.baselines import EMBEDDING_SCORE
 from ragctx.compressors.evaluator_heads import QUESTION_PREFIX, EvaluatorHeads
 from ragctx.compressors.selection import Granularity, Unit
 from ragctx.models import LanguageModel
@@ -32,9 +43,37 @@ class EHPCScorer:
     pool: int = 5
     chunk_tokens: int = 4096
     segments: SegmentKVCache | None = None
+    # Pooled attention of a unit: the total over its tokens (`sum`) or their mean (`mean`).
+    unit_score: Literal["sum", "mean"] = "sum"
+    # Weight of the passage relevance an earlier stage recorded (PassageResult.scores["embedding"]);
+    # 0 = attention only.
+    passage_prior: float = 10.0
     name: str = "ehpc"
 
     def score(self, state: PipelineState, units: Sequence[Unit]) -> list[float]:
+        scores = self.attention_scores(state, units)
+        prior = self.passage_relevance(state, units)
+        if prior is None or self.passage_prior == 0:
+            return scores
+        state.notes["passage_prior"] = EMBEDDING_SCORE
+        return [
+            math.log(max(s, 1e-12)) + self.passage_prior * prior[u.passage_index]
+            for s, u in zip(scores, units, strict=True)
+        ]
+
+    @staticmethod
+    def passage_relevance(state: PipelineState, units: Sequence[Unit]) -> dict[int, float] | None:
+        """The relevance an earlier stage gave every passage that has units, or None if any lacks it."""
+        out: dict[int, float] = {}
+        for u in units:
+            value = state.passages[u.passage_index].scores.get(EMBEDDING_SCORE)
+            if value is None:
+                return None
+            out[u.passage_index] = value
+        return out
+
+    def attention_scores(self, state: PipelineState, units: Sequence[Unit]) -> list[float]:
+        """Pooled evaluator-head attention per unit (summed or averaged over its tokens)."""
         by_passage: dict[int, list[int]] = {}
         for i, u in enumerate(units):
             by_passage.setdefault(u.passage_index, []).append(i)
@@ -93,7 +132,7 @@ class EHPCScorer:
             mass = torch.nn.functional.avg_pool1d(
                 mass[None, None], self.pool, stride=1, padding=pad, count_include_pad=False
             )[0, 0][: len(offsets)]
-        # Mean pooled mass of the tokens overlapping each unit (two pointers over sorted ranges).
+        # Pooled mass of the tokens overlapping each unit, summed or averaged (two pointers over sorted ranges).
         order = sorted(unit_range, key=lambda i: unit_range[i])
         t = 0
         for i in order:
@@ -106,7 +145,7 @@ class EHPCScorer:
                     total += float(mass[j])
                     n += 1
                 j += 1
-            scores[i] = total / n if n else 0.0
+            scores[i] = total if self.unit_score == "sum" else total / n if n else 0.0
 
     def _mass_full_prefill(self, context: str, question: str) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """One prefill of sink prefix + context + question; mass per token of context + question and

@@ -36,7 +36,16 @@ def _ehpc(f: StageFactory) -> UnitScorer:
 
         segments = SegmentKVCache(lm, f.segment_cache)
     heads = load_heads(s.resolved_cache_dir(), lm)
-    return EHPCScorer(lm, heads, s.ehpc_granularity, s.ehpc_pool, s.ehpc_chunk_tokens, segments)
+    return EHPCScorer(
+        lm,
+        heads,
+        s.ehpc_granularity,
+        s.ehpc_pool,
+        s.ehpc_chunk_tokens,
+        segments,
+        unit_score=s.ehpc_unit_score,
+        passage_prior=s.ehpc_passage_prior,
+    )
 
 
 def _exit(f: StageFactory) -> UnitScorer:

@@ -22,13 +22,13 @@ import itertools
 import json
 import math
 import os
-import statistics
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import triton
 import triton.language as tl
+from kernel_bench import graph_ms  # a sibling script: run as python benchmarks/kernel_passes.py
 
 LOG2E = 1.4426950408889634
 
@@ -85,28 +85,8 @@ def _pass2(Q, K, BIAS, OUT, N, RANGE, c, BM: tl.constexpr, BN: tl.constexpr, D: 
         tl.atomic_add(OUT + offs_n, p, sem="relaxed")
 
 
-def timed_ms(fn: Callable[[], Any], reps: int = 30) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
-def graph_us(fn: Callable[[], Any], calls: int = 20) -> float:
-    fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
-    return timed_ms(graph.replay) / calls * 1000
+def graph_us(fn: Callable[[], Any]) -> float:
+    return graph_ms(fn, calls=20, reps=30) * 1000
 
 
 def sweep_shape(d: int, n: int, sms: int, tma: bool) -> list[dict[str, Any]]:

@@ -13,8 +13,9 @@ at most 128 of those rows (one pair per key head for GQA 4 x W 32).
 2. Pass 2 (`_mass_program`, one program per key range x pair, the same ranges): fold the group
    partials into each row's final (max, normaliser), stream the range backwards (what pass 1 read
    last is the likeliest still in L2), recompute the probabilities from Q.K and sum them (weighted
-   per head) over the rows. With several pairs, the pair that finishes a range last adds the pairs'
-   sums up in pair order: deterministic, no float atomics.
+   per head) over the rows. Two pairs add into the output (0 + a + b is the same float in either
+   order); more pairs store apart and the pair that finishes a range last adds them up in pair order:
+   the same bits at every run.
 
 Both passes run in ONE launch (`_attention_mass`, PHASE 0): the first P1 programs do pass 1, the
 others wait on a counter, then do pass 2. Below ~64k keys a call costs more host time than GPU time,
@@ -24,9 +25,10 @@ of Triton's JIT dispatch (see `_launch_fused`). PHASE 1 and 2 run the passes as 
 (`fused=False`; tests, comparison).
 
 Sizes: about two programs per multiprocessor in each pass (64-key tiles, one warpgroup, three stages:
-~80 KB of shared memory each), from a per-pass sweep on an H100 (see README). Each score element costs
-two exp2 (one per pass), which bounds the kernel by the multiprocessors' special-function units
-rather than by memory bandwidth (README, "Head-scoring pass").
+~83 KB of shared memory each), from sweeps on an H100 (see README). Each score element costs a dot
+product and an exp2 in each pass; on the H100 neither the tensor cores nor the exp2 units saturate
+(about a third of peak each), so the passes are latency-bound, not bandwidth-bound (README,
+"Head-scoring pass").
 Inputs fp16, bf16 or fp32; accumulation in fp32; head_dim 64 or 128 (any power of two >= 16).
 """
 

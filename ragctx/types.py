@@ -19,7 +19,11 @@ class Passage:
     @property
     def titled_text(self) -> str:
         """Title and text, as models read a passage on its own (the title names what the text may not)."""
-        return f"{self.title}\n{self.text}" if self.title else self.text
+        return self.titled(self.text)
+
+    def titled(self, text: str) -> str:
+        """`text` (this passage's text or a span of it) under the passage's title."""
+        return f"{self.title}\n{text}" if self.title else text
 
 
 @dataclass(frozen=True, order=True)

@@ -105,8 +105,11 @@ def test_embedding_prefilter_hands_its_cosines_to_ehpc_as_a_passage_prior(heads,
     ctx = _engine(engine, settings).run(
         row["question"], passages_of(row), method="embed-passages+ehpc", budget=Budget(rate=0.1)
     )
+    first_passage = passages_of(row)[0]  # embedded under its title, as the index embeds passages
     vecs = engine.models.embedder().encode(
-        [row["question"], row["passages"][0]["text"]], normalize_embeddings=True, convert_to_numpy=True
+        [row["question"], f"{first_passage.title}\n{first_passage.text}"],
+        normalize_embeddings=True,
+        convert_to_numpy=True,
     )
     first = next(p for p in ctx.passages if p.passage.id == row["passages"][0]["id"])
     assert first.scores["embedding"] == pytest.approx(float(vecs[1] @ vecs[0]), abs=1e-5)

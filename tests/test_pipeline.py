@@ -163,3 +163,13 @@ def test_embedding_passage_filter_keeps_the_passage_nearest_to_the_question(engi
         hits += row["passages"][row["gold_index"]]["id"] in kept
         assert all(not p.spans or p.spans == [p.spans[0]] for p in ctx.passages)  # whole passages only
     assert hits >= 8
+
+
+def test_embedding_passage_filter_reads_each_passage_under_its_title(engine, nq20_rows):
+    # Row 13's answer passage never names "The Outsiders" in its text: on the text alone it ranks last of 20.
+    row = nq20_rows[13]
+    gold = row["passages"][row["gold_index"]]["id"]
+    ctx = engine.run(row["question"], passages_of(row), method="embed-passages", budget=Budget(rate=0.1))
+    cosines = {p.passage.id: p.scores["embedding"] for p in ctx.passages}
+    assert max(cosines, key=lambda k: cosines[k]) == gold
+    assert any(p.spans for p in ctx.passages if p.passage.id == gold)

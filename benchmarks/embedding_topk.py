@@ -1,0 +1,106 @@
+"""The 'embedding top-k passages' bar of `../shared/reference/baselines.md`, on the bench's own questions.
+
+That note keeps the k passages nearest to the question whole (k = 1, 2, 5 for rates 0.05, 0.1, 0.25, so
+the kept ratio lands a little over the rate) and measured it on questions that are not in
+`../shared/data`. `ragctx bench --methods embed-passages` instead holds the budget strictly, so at one
+passage's worth of budget the best passage often does not fit. This script runs ragctx's own
+`embed-passages` stage with `Budget(top_k=k)` on the first `--n` NQ-20 dev questions (the bench's) so
+the bar and the bench rows come from the same questions, tokenizer and machine.
+
+  python benchmarks/embedding_topk.py --n 100 --k 1,2,5 --bench bench-out/bench.json --plot docs/bench-low-ratios.png
+
+With `--bench` (a `ragctx bench` result on the same questions) and `--plot`, draws answer recall against
+the kept ratio for the bench's compressing methods and these top-k points in one figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ragctx.bench.data import find_nq20, load_nq20
+from ragctx.bench.metrics import has_answer, median_p90
+from ragctx.config import load_settings
+from ragctx.engine import ContextEngine
+from ragctx.pipeline.state import Budget
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=100, help="first n dev questions (the bench's)")
+    ap.add_argument("--skip", type=int, default=0, help="start after this many questions (tuning rows: 200)")
+    ap.add_argument("--k", default="1,2,5", help="comma-separated passage counts")
+    ap.add_argument("--bench", type=Path, help="bench.json of `ragctx bench` on the same questions")
+    ap.add_argument("--plot", type=Path, help="PNG to write (needs --bench)")
+    args = ap.parse_args()
+    if args.plot and not args.bench:
+        ap.error("--plot needs --bench")
+    path = find_nq20()
+    if path is None:
+        raise SystemExit("../shared/data/nq20/nq20_dev.jsonl.gz not found")
+    questions = load_nq20(path, args.n, skip=args.skip)
+    engine = ContextEngine(load_settings())
+    pipe = engine.pipeline(stages=["embed-passages"])
+    pipe.run(questions[0].question, questions[0].passages, Budget(top_k=1))  # load the embedder untimed
+    print("| method | n | answer recall | kept ratio | ms per query, median (p90) |")
+    print("|---|---|---|---|---|")
+    points: list[tuple[float, float]] = []
+    for k in (int(x) for x in args.k.split(",")):
+        hits, tin, tout, ms = 0, 0, 0, []
+        for q in tqdm(questions, desc=f"top-{k}", unit="q", leave=False):
+            started = time.perf_counter()
+            ctx = pipe.run(q.question, q.passages, Budget(top_k=k))
+            ms.append((time.perf_counter() - started) * 1000)
+            hits += has_answer(ctx.text, q.answers)
+            tin += ctx.tokens_in
+            tout += ctx.tokens_out
+        med, p90 = median_p90(ms)
+        n = len(questions)
+        print(f"| embedding top-{k} passages | {n} | {hits / n:.2f} | {tout / tin:.3f} | {med:.0f} ({p90:.0f}) |")
+        points.append((tout / tin, hits / n))
+    if args.plot:
+        plot(json.loads(args.bench.read_text()), points, args.plot)
+
+
+def plot(bench: dict, topk: list[tuple[float, float]], path: Path) -> None:
+    """Answer recall against kept ratio: the bench's budgeted methods and the whole-passage top-k points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    by_method: dict[str, list[tuple[float, float]]] = {}
+    for row in bench["rows"]:
+        if row["target_rate"] is not None and row["answer_recall"] is not None:
+            by_method.setdefault(row["method"], []).append((row["kept_ratio"], row["answer_recall"]))
+    for method, pts in by_method.items():
+        xs, ys = zip(*sorted(pts), strict=True)
+        ax.plot(xs, ys, marker="o", label=f"{method} (budget held)")
+    xs, ys = zip(*sorted(topk), strict=True)
+    ax.plot(xs, ys, marker="s", linestyle="--", color="black", label="embedding top-k whole passages")
+    ax.set(
+        xlabel="kept ratio (tokens out / tokens in)",
+        ylabel="answer recall",
+        title=f"NQ-20 dev, n={bench['rows'][0]['n']}",
+    )
+    ax.set_xlim(0, max(0.3, max(xs) * 1.1))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    # Write, then rename: no half-written figure.
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
+    os.close(fd)
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    main()

@@ -21,6 +21,9 @@ Usage as run for the README (~30 min for the first on 2 CPU cores; --out/--cache
   python benchmarks/ehpc_analysis.py collect --n 100 --skip 200 --orders orig --heads-max-layer 17 --out cache-L17.json
   # variants by name, |-separated:
   python benchmarks/ehpc_analysis.py simulate --cache cache-L17.json --only "log(sum)+10.0*cos"
+  # alternatives to the shipped scoring where the best passage must be trimmed (rates 0.1 / 0.05):
+  python benchmarks/ehpc_analysis.py collect --n 200 --skip 200 --orders orig --out cache-title.json
+  python benchmarks/ehpc_analysis.py alternatives --cache cache-title.json
 """
 
 from __future__ import annotations
@@ -533,6 +536,76 @@ def simulate(args: argparse.Namespace) -> None:
         Path(args.save).write_text(json.dumps(results))
 
 
+def _knapsack(values: list[float], costs: list[int], cap: int) -> set[int]:
+    """0/1 knapsack on integer costs: the units holding the most value within `cap`."""
+    best = [0.0] * (cap + 1)
+    take = [[False] * (cap + 1) for _ in values]
+    for i, (v, w) in enumerate(zip(values, costs, strict=True)):
+        for c in range(cap, w - 1, -1):
+            if best[c - w] + v > best[c]:
+                best[c] = best[c - w] + v
+                take[i][c] = True
+    chosen, c = set(), cap
+    for i in range(len(values) - 1, -1, -1):
+        if take[i][c]:
+            chosen.add(i)
+            c -= costs[i]
+    return chosen
+
+
+def alternatives(args: argparse.Namespace) -> None:
+    """Within-budget alternatives to the shipped scoring (log(sum) + 10 x cosine), at rates 0.1 / 0.05:
+    where the best passage must be trimmed, what else could pick the sentences to keep?"""
+    cases = [c for c in load_cases(args.cache) if c.rate in ("0.1", "0.05")]
+    sim = Simulator()
+    embedder = sim.eng.models.embedder()
+    header = 14  # tokens of a passage header, about
+    shipped = {"reduce": "sum", "log": True, "emb_weight": 10.0, "emb_mode": "raw"}
+    hits: dict[tuple[str, str], int] = {}
+    trimmed = {"0.1": [0, 0, 0], "0.05": [0, 0, 0]}  # best passage trimmed; of those, holding the answer; kept
+    for c in cases:
+        units = c.r["units"]
+        base = variant_scores(c, shipped)
+        q = sim.question(c.q["qid"])
+        texts = [q.passages[u["p"]].titled(q.passages[u["p"]].text[u["a"] : u["b"]]) for u in units]
+        vecs = embedder.encode([q.question, *texts], normalize_embeddings=True, convert_to_numpy=True)
+        sentence_cos = [float(x) for x in vecs[1:] @ vecs[0]] if units else []
+        position = [sum(1 for v in units[:i] if v["p"] == u["p"]) for i, u in enumerate(units)]
+        top = max(c.r["kept"], key=lambda p: c.q["passages"][p]["emb"]) if c.r["kept"] else -1
+        top_fits = sum(u["cost"] for u in units if u["p"] == top) + header <= c.r["limit"]
+        peak = max(base, default=0.0)
+        chosen = _knapsack([math.exp(x - peak) for x in base], [u["cost"] + 1 for u in units], c.r["limit"] - header)
+        variants = {
+            "shipped: log(sum)+10*cos": base,
+            "+ 5 x sentence cosine (MiniLM, titled)": [x + 5 * y for x, y in zip(base, sentence_cos, strict=True)],
+            "- 0.2 x sentence position in passage": [x - 0.2 * y for x, y in zip(base, position, strict=True)],
+            "best passage whole when it fits": [
+                x + (1000.0 if top_fits and u["p"] == top else 0.0) for x, u in zip(base, units, strict=True)
+            ],
+            "knapsack on exp(score)": [x + (1000.0 if i in chosen else 0.0) for i, x in enumerate(base)],
+        }
+        for name, scores in variants.items():
+            ok, _ = sim.run(c, scores)
+            hits[(name, c.rate)] = hits.get((name, c.rate), 0) + ok
+        if c.r["kept"] and not top_fits:
+            holds = any(u["ans"] for u in units if u["p"] == top)
+            alone = [x + (1000.0 if u["p"] == top else -1000.0) for x, u in zip(base, units, strict=True)]
+            t = trimmed[c.rate]
+            t[0] += 1
+            t[1] += holds
+            t[2] += holds and sim.run(c, alone)[0]
+    n = len(cases) // 2
+    print(f"| variant (n={n} per rate) | recall at 0.1 | recall at 0.05 |")
+    print("|---|---|---|")
+    for name in dict.fromkeys(k for k, _ in hits):
+        print(f"| {name} | {hits[(name, '0.1')] / n:.3f} | {hits[(name, '0.05')] / n:.3f} |")
+    for rate, (cut, holds, kept) in trimmed.items():
+        print(
+            f"rate {rate}: the best passage does not fit whole for {cut} of {n}; of the {holds} where it holds the "
+            f"answer, trimming it by the shipped scores keeps the answer in {kept}"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -549,10 +622,12 @@ def main() -> None:
     s.add_argument("--cache", default="bench-out/ehpc_cache.json")
     s.add_argument("--only", default="")
     s.add_argument("--save", default="")
+    a = sub.add_parser("alternatives")
+    a.add_argument("--cache", default="bench-out/ehpc_cache.json")
     args = ap.parse_args()
     if args.cmd == "collect" and args.skip < 100:
         raise SystemExit("tuning rows must not overlap the first 100 (the bench's)")
-    collect(args) if args.cmd == "collect" else simulate(args)
+    {"collect": collect, "simulate": simulate, "alternatives": alternatives}[args.cmd](args)
 
 
 if __name__ == "__main__":

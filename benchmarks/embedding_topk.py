@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -94,12 +92,10 @@ def plot(bench: dict, topk: list[tuple[float, float]], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    # Write, then rename: no half-written figure.
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
+    tmp = path.with_suffix(".tmp.png")  # write, then rename (as the bench's plot): no half-written figure
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
+    tmp.replace(path)
 
 
 if __name__ == "__main__":

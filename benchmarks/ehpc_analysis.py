@@ -24,6 +24,11 @@ Usage as run for the README (~30 min for the first on 2 CPU cores; --out/--cache
   # alternatives to the shipped scoring where the best passage must be trimmed (rates 0.1 / 0.05):
   python benchmarks/ehpc_analysis.py collect --n 200 --skip 200 --orders orig --out cache-title.json
   python benchmarks/ehpc_analysis.py alternatives --cache cache-title.json
+  # the same with the attention of the answer position (a cue after the question, the last 3 positions):
+  python benchmarks/ehpc_analysis.py collect --n 200 --skip 200 --rates 0.1,0.05 --orders orig \
+      --answer-cue '\\nAnswer:' --cue-window 3 --out cache-cue.json
+  # another scorer LM (its heads from `ragctx calibrate heads`), budgets still counted in SmolLM2 tokens:
+  RAGCTX_SCORER_MODEL=model.gguf RAGCTX_TARGET_TOKENIZER=<SmolLM2 folder> python benchmarks/ehpc_analysis.py collect ...
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -49,6 +55,8 @@ from ragctx.compressors.selection import CompressStage, Granularity, Unit, make_
 from ragctx.config import load_settings
 from ragctx.engine import ContextEngine
 from ragctx.pipeline.state import Budget, PipelineState, render
+from ragctx.scoring.lm_attention import HeadSelection, question_attention
+from ragctx.scoring.segment_kv import SINK_TEXT
 
 ORDERS = ("orig", "asc", "desc")  # pipeline order; most relevant last (next to the question); first
 
@@ -66,10 +74,16 @@ class Fixed:
 
 
 class RecordingEHPC(EHPCScorer):
-    """EHPCScorer that lays passages out in a given order and records the raw mass of the prefill."""
+    """EHPCScorer that lays passages out in a given order and records the raw mass of the prefill.
+
+    `answer_cue` is appended after the question and `cue_window` (if set) narrows the attending window
+    to the last positions: the attention of the position about to answer, instead of the question's.
+    """
 
     order: list[int] | None = None
     record: list[dict[str, Any]]
+    answer_cue: str = ""
+    cue_window: int | None = None
 
     def score(self, state: PipelineState, units: Sequence[Unit]) -> list[float]:
         self.record = []
@@ -84,9 +98,21 @@ class RecordingEHPC(EHPCScorer):
         return scores
 
     def _mass_full_prefill(self, context: str, question: str) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-        mass, offsets = super()._mass_full_prefill(context, question)
+        if self.answer_cue or self.cue_window:
+            mass, offsets = self._mass_with_cue(context, question + self.answer_cue)
+        else:
+            mass, offsets = super()._mass_full_prefill(context, question)
         self.record.append({"context": context, "mass": [round(float(x), 7) for x in mass], "offsets": offsets})
         return mass, offsets
+
+    def _mass_with_cue(self, context: str, question: str) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        enc = self.lm.tokenizer(SINK_TEXT + context + question, add_special_tokens=False, return_offsets_mapping=True)
+        skip = sum(1 for _, b in enc["offset_mapping"] if b <= len(SINK_TEXT))
+        offsets = [(a - len(SINK_TEXT), b - len(SINK_TEXT)) for a, b in enc["offset_mapping"][skip:]]
+        window = self.cue_window or max(1, sum(1 for a, _ in offsets if a >= len(context)))
+        selection = HeadSelection.of_heads(self.heads.heads, self.heads.scores)
+        mass = question_attention(self.lm, torch.tensor([enc["input_ids"]]), selection, window=window).tokens
+        return mass[skip:], offsets
 
 
 def layout_ranges(
@@ -191,6 +217,8 @@ def collect(args: argparse.Namespace) -> None:
                     passage_prior=0.0,
                 )
                 scorer.order = order
+                scorer.answer_cue = args.answer_cue.replace("\\n", "\n")
+                scorer.cue_window = args.cue_window
                 t0 = time.perf_counter()
                 scores = scorer.score(state, units) if units else []
                 ms = (time.perf_counter() - t0) * 1000
@@ -324,6 +352,33 @@ class Simulator:
         CompressStage(Fixed(table, "sentence"), self.counter).run(state)
         text = render(state.passages)
         return has_answer(text, q.answers), self.counter.count(text)
+
+    def run_words(self, case: Case, scores: list[float], drop_first: set[str]) -> tuple[bool, int]:
+        """Word units, each scored as its sentence; the words in `drop_first` (case-insensitive, stripped of
+        punctuation) rank below every other word, so they go before any content does."""
+        q = self.question(case.q["qid"])
+        state = fresh_state(q, self.counter, float(case.rate))
+        kept = set(case.r["kept"])
+        for i, p in enumerate(state.passages):
+            if i not in kept:
+                p.spans = []
+        units = case.r["units"]
+        table = {}
+        for w in make_units(state, "word", self.counter):
+            s = next((j for j, u in enumerate(units) if u["p"] == w.passage_index and u["a"] <= w.start < u["b"]), None)
+            word = re.sub(r"^\W+|\W+$", "", q.passages[w.passage_index].text[w.start : w.end].lower())
+            value = -1e9 if s is None else scores[s] - (1e3 if word in drop_first else 0.0)
+            table[(w.passage_index, w.start, w.end)] = value
+        CompressStage(Fixed(table, "word"), self.counter).run(state)
+        text = render(state.passages)
+        return has_answer(text, q.answers), self.counter.count(text)
+
+
+# Questions whose answer is a number or a date (an answer-type prior for the alternatives below).
+NUMBER_QUESTION = re.compile(
+    r"^(when|what year|how many|how much|how long|how old|what age|what date|what time|how far|how tall|how big)\b"
+    r"|\b(year|date|when|population|enrollment|number of|how many)\b"
+)
 
 
 def zscore(values: list[float]) -> list[float]:
@@ -573,6 +628,8 @@ def alternatives(args: argparse.Namespace) -> None:
         position = [sum(1 for v in units[:i] if v["p"] == u["p"]) for i, u in enumerate(units)]
         top = max(c.r["kept"], key=lambda p: c.q["passages"][p]["emb"]) if c.r["kept"] else -1
         top_fits = sum(u["cost"] for u in units if u["p"] == top) + header <= c.r["limit"]
+        number_q = bool(NUMBER_QUESTION.search(q.question.lower()))
+        digits = [number_q and any(ch.isdigit() for ch in q.passages[u["p"]].text[u["a"] : u["b"]]) for u in units]
         peak = max(base, default=0.0)
         chosen = _knapsack([math.exp(x - peak) for x in base], [u["cost"] + 1 for u in units], c.r["limit"] - header)
         variants = {
@@ -583,10 +640,16 @@ def alternatives(args: argparse.Namespace) -> None:
                 x + (1000.0 if top_fits and u["p"] == top else 0.0) for x, u in zip(base, units, strict=True)
             ],
             "knapsack on exp(score)": [x + (1000.0 if i in chosen else 0.0) for i, x in enumerate(base)],
+            "+ 1 for digits in a number/date question": [x + float(d) for x, d in zip(base, digits, strict=True)],
+            "+ 5 x sentence cosine + 1 for digits (number q.)": [
+                x + 5 * y + float(d) for x, y, d in zip(base, sentence_cos, digits, strict=True)
+            ],
         }
         for name, scores in variants.items():
             ok, _ = sim.run(c, scores)
             hits[(name, c.rate)] = hits.get((name, c.rate), 0) + ok
+        name = "word units, articles dropped before content"
+        hits[(name, c.rate)] = hits.get((name, c.rate), 0) + sim.run_words(c, base, {"a", "an", "the"})[0]
         if c.r["kept"] and not top_fits:
             holds = any(u["ans"] for u in units if u["p"] == top)
             alone = [x + (1000.0 if u["p"] == top else -1000.0) for x, u in zip(base, units, strict=True)]
@@ -618,6 +681,8 @@ def main() -> None:
     c.add_argument("--scale", type=float, default=0.0, help="prefilter budget scale (0 = settings.prefilter_scale)")
     c.add_argument("--orders", default=",".join(ORDERS))
     c.add_argument("--heads-max-layer", type=int, default=None)
+    c.add_argument("--answer-cue", default="", help=r"text after the question, e.g. '\nAnswer:'")
+    c.add_argument("--cue-window", type=int, default=None, help="attend from only the last N positions")
     s = sub.add_parser("simulate")
     s.add_argument("--cache", default="bench-out/ehpc_cache.json")
     s.add_argument("--only", default="")

@@ -341,27 +341,32 @@ class Simulator:
         text = render(state.passages)
         return has_answer(text, q.answers), self.counter.count(text)
 
-    def run(self, case: Case, scores: list[float]) -> tuple[bool, int]:
+    def prefiltered(self, case: Case) -> tuple[Any, PipelineState]:
+        """The question and a fresh state holding only the passages the cached prefilter kept."""
         q = self.question(case.q["qid"])
         state = fresh_state(q, self.counter, float(case.rate))
         kept = set(case.r["kept"])
         for i, p in enumerate(state.passages):
             if i not in kept:
                 p.spans = []
-        table = {(u["p"], u["a"], u["b"]): s for u, s in zip(case.r["units"], scores, strict=True)}
-        CompressStage(Fixed(table, "sentence"), self.counter).run(state)
+        return q, state
+
+    def select(
+        self, q: Any, state: PipelineState, table: dict[tuple[int, int, int], float], unit: Granularity
+    ) -> tuple[bool, int]:
+        CompressStage(Fixed(table, unit), self.counter).run(state)
         text = render(state.passages)
         return has_answer(text, q.answers), self.counter.count(text)
+
+    def run(self, case: Case, scores: list[float]) -> tuple[bool, int]:
+        q, state = self.prefiltered(case)
+        table = {(u["p"], u["a"], u["b"]): s for u, s in zip(case.r["units"], scores, strict=True)}
+        return self.select(q, state, table, "sentence")
 
     def run_words(self, case: Case, scores: list[float], drop_first: set[str]) -> tuple[bool, int]:
         """Word units, each scored as its sentence; the words in `drop_first` (case-insensitive, stripped of
         punctuation) rank below every other word, so they go before any content does."""
-        q = self.question(case.q["qid"])
-        state = fresh_state(q, self.counter, float(case.rate))
-        kept = set(case.r["kept"])
-        for i, p in enumerate(state.passages):
-            if i not in kept:
-                p.spans = []
+        q, state = self.prefiltered(case)
         units = case.r["units"]
         table = {}
         for w in make_units(state, "word", self.counter):
@@ -369,9 +374,7 @@ class Simulator:
             word = re.sub(r"^\W+|\W+$", "", q.passages[w.passage_index].text[w.start : w.end].lower())
             value = -1e9 if s is None else scores[s] - (1e3 if word in drop_first else 0.0)
             table[(w.passage_index, w.start, w.end)] = value
-        CompressStage(Fixed(table, "word"), self.counter).run(state)
-        text = render(state.passages)
-        return has_answer(text, q.answers), self.counter.count(text)
+        return self.select(q, state, table, "word")
 
 
 # Questions whose answer is a number or a date (an answer-type prior for the alternatives below).

@@ -68,11 +68,15 @@ class TokenCounter:
         ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         return [len(x) if t else 0 for x, t in zip(ids, texts, strict=True)]
 
-    def token_offsets(self, text: str, start: int = 0, end: int | None = None) -> list[tuple[int, int]]:
-        """Character offsets (into `text`) of the tokens of `text[start:end]`."""
-        piece = text[start:end]
-        enc = self.tokenizer(piece, add_special_tokens=False, return_offsets_mapping=True)
-        return [(start + a, start + b) for a, b in enc["offset_mapping"] if b > a]
+    def token_offsets(
+        self, text: str, start: int = 0, end: int | None = None, *, after_space: bool = False
+    ) -> list[tuple[int, int]]:
+        """Character offsets (into `text`) of the tokens of `text[start:end]`; with `after_space`, tokenised
+        as it reads after a space (as a rendered span does), the space's offsets falling on the first token."""
+        lead = " " if after_space else ""
+        enc = self.tokenizer(lead + text[start:end], add_special_tokens=False, return_offsets_mapping=True)
+        shift = start - len(lead)
+        return [(max(start, shift + a), max(start, shift + b)) for a, b in enc["offset_mapping"] if b > a]
 
 
 def fixed_token_segments(

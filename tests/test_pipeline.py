@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from ragctx.pipeline.state import Budget, render
+from ragctx.compressors.baselines import SentenceBudget
+from ragctx.compressors.selection import CompressStage, make_units, unit_costs
+from ragctx.pipeline.state import Budget, PipelineState, render
 from ragctx.reordering.orders import lost_in_middle_langchain, lost_in_middle_llamaindex
 from ragctx.types import Passage
 from tests.conftest import passages_of
@@ -42,6 +44,34 @@ def test_token_budget_holds_exactly_under_the_target_tokenizer(engine, nq20_rows
         # and the budget is used, not wasted: the longest sentence of this data is under 120 tokens
         if method != "random-drop":
             assert ctx.tokens_out >= limit - 120
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_a_budget_of_exactly_what_whole_passages_cost_keeps_them_whole(engine, nq20_rows, count):
+    # Selection must count a passage as `render` writes it (its header's trailing space tokenised with the
+    # first word, "[1]" not "[17]", a newline between passages): a count off by one token drops a sentence.
+    kept_whole = 0
+    for row in nq20_rows[:20]:
+        passages = passages_of(row)[-count:]  # late in the list: "[18]" would cost more than "[1]"
+        state = PipelineState(question=row["question"], budget=Budget())
+        state.set_passages(passages)
+        whole = render(state.passages)
+        limit = engine.counter.count(whole)
+        ctx = engine.run(row["question"], passages, method="budget", budget=Budget(tokens=limit), stages=["budget"])
+        assert ctx.tokens_out <= limit
+        kept_whole += ctx.text.split() == whole.split()  # (a passage's trailing whitespace is no sentence's)
+    assert kept_whole == 20
+
+
+def test_unit_costs_add_up_to_the_rendered_passage(engine, nq20_rows):
+    stage = CompressStage(SentenceBudget(), engine.counter)
+    for row in nq20_rows[:20]:
+        for granularity in ("sentence", "word"):
+            state = PipelineState(question=row["question"], budget=Budget())
+            state.set_passages(passages_of(row)[:1])
+            units = make_units(state, granularity, engine.counter)
+            total = sum(unit_costs(state, units, engine.counter)) + stage.header_costs(state)[0]
+            assert total == engine.counter.count(render(state.passages)), (row["question"], granularity)
 
 
 def test_truncation_keeps_a_prefix_and_fills_the_budget_to_within_a_header(engine, nq20_rows):

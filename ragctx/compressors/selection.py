@@ -7,6 +7,7 @@ holds exactly whatever the joins between spans cost.
 
 from __future__ import annotations
 
+import bisect
 import re
 import time
 from collections.abc import Sequence
@@ -57,6 +58,34 @@ def make_units(state: PipelineState, granularity: Granularity, counter: TokenCou
     return units
 
 
+def unit_costs(state: PipelineState, units: Sequence[Unit], counter: TokenCounter) -> list[int]:
+    """Tokens each unit costs where it stands in its passage (at least 1 for a non-empty unit).
+
+    A unit counted alone can cost more than it does in context (a word without its leading space often
+    splits into more tokens), and the units' counts need not add up to the text's. Here each kept span is
+    tokenised once and every token is charged to the unit holding its last character (a token between
+    units, such as a run of spaces, to the unit after it).
+    """
+    if not getattr(counter.tokenizer, "is_fast", False):  # no offsets from a slow tokenizer: count alone
+        return counter.count_many([state.passages[u.passage_index].passage.text[u.start : u.end] for u in units])
+    by_passage: dict[int, list[int]] = {}
+    for i, u in enumerate(units):
+        by_passage.setdefault(u.passage_index, []).append(i)
+    costs = [0] * len(units)
+    for p, members in by_passage.items():
+        members.sort(key=lambda i: units[i].start)
+        starts = [units[i].start for i in members]
+        result = state.passages[p]
+        # Spans are rendered apart, each after a space (the header's or the join's): tokenised that way.
+        for span in result.spans:
+            for _, end in counter.token_offsets(result.passage.text, span.start, span.end, after_space=True):
+                k = bisect.bisect_right(starts, end - 1) - 1
+                if k < 0 or end - 1 >= units[members[k]].end:
+                    k = min(k + 1, len(members) - 1)  # a token between units goes with the next one
+                costs[members[k]] += 1
+    return [max(c, 1) if u.end > u.start else 0 for c, u in zip(costs, units, strict=True)]
+
+
 def choose(
     units: Sequence[Unit],
     scores: Sequence[float],
@@ -67,8 +96,9 @@ def choose(
 ) -> list[bool]:
     """Which units to keep: those passing threshold and top-k, then greedily by score within `limit`.
 
-    A unit's cost is its own tokens plus its passage's header the first time the passage is used. Ties keep
-    the earlier unit. A unit that does not fit is skipped and smaller later ones may still fit.
+    A unit's cost is its own tokens plus its passage's header the first time the passage is used (and the
+    newline before it, for every passage after the first). Ties keep the earlier unit. A unit that does not
+    fit is skipped and smaller later ones may still fit.
     """
     n = len(units)
     candidates = [i for i in range(n) if budget.threshold is None or scores[i] >= budget.threshold]
@@ -80,7 +110,7 @@ def choose(
     opened: set[int] = set()
     for i in candidates:
         p = units[i].passage_index
-        cost = costs[i] + (0 if p in opened else header_costs[p])
+        cost = costs[i] + (0 if p in opened else header_costs[p] + (1 if opened else 0))
         if limit is not None and used + cost > limit:
             continue
         keep[i] = True
@@ -158,15 +188,21 @@ class CompressStage:
             scores = [float("inf") if f else x for x, f in zip(scores, forced, strict=True)]
             state.notes["forced_units"] = sum(forced)
         state.notes["score_ms"] = round((time.perf_counter() - started) * 1000, 3)
-        texts = [state.passages[u.passage_index].passage.text[u.start : u.end] for u in units]
-        costs = self.counter.count_many(texts) if self.scorer.granularity != "token" else [1] * len(units)
-        headers = self.counter.count_many([passage_header(i + 1, r.passage) for i, r in enumerate(state.passages)])
+        costs = unit_costs(state, units, self.counter) if self.scorer.granularity != "token" else [1] * len(units)
+        headers = self.header_costs(state)
         keep = choose(units, scores, costs, headers, state.budget, limit)
         self._apply(state, units, keep)
         if limit is not None:
             self._enforce(state, units, scores, keep, limit)
         state.notes["units"] = len(units)
         state.notes["kept_units"] = sum(keep)
+
+    def header_costs(self, state: PipelineState) -> list[int]:
+        """Tokens of each passage's header as `render` writes it: numbered among the kept passages (so at
+        most the number of passages with spans; "[12]" costs more than "[1]"), its trailing space
+        tokenised with the first word of the text."""
+        last = max(1, sum(1 for r in state.passages if r.spans))
+        return self.counter.count_many([passage_header(last, r.passage).rstrip() for r in state.passages])
 
     def _apply(self, state: PipelineState, units: Sequence[Unit], keep: Sequence[bool]) -> None:
         ranges: dict[int, list[tuple[int, int]]] = {i: [] for i in range(len(state.passages))}

@@ -48,18 +48,21 @@ def test_token_budget_holds_exactly_under_the_target_tokenizer(engine, nq20_rows
 
 @pytest.mark.parametrize("count", [1, 3])
 def test_a_budget_of_exactly_what_whole_passages_cost_keeps_them_whole(engine, nq20_rows, count):
-    # Selection must count a passage as `render` writes it (its header's trailing space tokenised with the
-    # first word, "[1]" not "[17]", a newline between passages): a count off by one token drops a sentence.
+    # Selection must count passages as `render` writes them: numbered among the kept ones ("[1]", not the
+    # "[18]" of their place in the input, where an earlier stage dropped the others), the header's trailing
+    # space tokenised with the first word, a newline between passages. One token too many drops a sentence.
     kept_whole = 0
     for row in nq20_rows[:20]:
-        passages = passages_of(row)[-count:]  # late in the list: "[18]" would cost more than "[1]"
         state = PipelineState(question=row["question"], budget=Budget())
-        state.set_passages(passages)
+        state.set_passages(passages_of(row))
+        for result in state.passages[:-count]:  # as a prefilter leaves it: only the last `count` kept
+            result.spans = []
         whole = render(state.passages)
-        limit = engine.counter.count(whole)
-        ctx = engine.run(row["question"], passages, method="budget", budget=Budget(tokens=limit), stages=["budget"])
-        assert ctx.tokens_out <= limit
-        kept_whole += ctx.text.split() == whole.split()  # (a passage's trailing whitespace is no sentence's)
+        state.budget = Budget(tokens=engine.counter.count(whole))
+        CompressStage(SentenceBudget(), engine.counter).run(state)
+        out = render(state.passages)
+        assert engine.counter.count(out) <= state.budget.tokens
+        kept_whole += out.split() == whole.split()  # (a passage's trailing whitespace is no sentence's)
     assert kept_whole == 20
 
 

@@ -55,8 +55,6 @@ from ragctx.compressors.selection import CompressStage, Granularity, Unit, make_
 from ragctx.config import load_settings
 from ragctx.engine import ContextEngine
 from ragctx.pipeline.state import Budget, PipelineState, render
-from ragctx.scoring.lm_attention import HeadSelection, question_attention
-from ragctx.scoring.segment_kv import SINK_TEXT
 
 ORDERS = ("orig", "asc", "desc")  # pipeline order; most relevant last (next to the question); first
 
@@ -98,21 +96,12 @@ class RecordingEHPC(EHPCScorer):
         return scores
 
     def _mass_full_prefill(self, context: str, question: str) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-        if self.answer_cue or self.cue_window:
-            mass, offsets = self._mass_with_cue(context, question + self.answer_cue)
-        else:
-            mass, offsets = super()._mass_full_prefill(context, question)
+        mass, offsets = super()._mass_full_prefill(context, question + self.answer_cue)
         self.record.append({"context": context, "mass": [round(float(x), 7) for x in mass], "offsets": offsets})
         return mass, offsets
 
-    def _mass_with_cue(self, context: str, question: str) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-        enc = self.lm.tokenizer(SINK_TEXT + context + question, add_special_tokens=False, return_offsets_mapping=True)
-        skip = sum(1 for _, b in enc["offset_mapping"] if b <= len(SINK_TEXT))
-        offsets = [(a - len(SINK_TEXT), b - len(SINK_TEXT)) for a, b in enc["offset_mapping"][skip:]]
-        window = self.cue_window or max(1, sum(1 for a, _ in offsets if a >= len(context)))
-        selection = HeadSelection.of_heads(self.heads.heads, self.heads.scores)
-        mass = question_attention(self.lm, torch.tensor([enc["input_ids"]]), selection, window=window).tokens
-        return mass[skip:], offsets
+    def _query_window(self, offsets: list[tuple[int, int]], context_chars: int) -> int:
+        return self.cue_window or super()._query_window(offsets, context_chars)
 
 
 def layout_ranges(

@@ -153,10 +153,14 @@ class EHPCScorer:
         enc = self.lm.tokenizer(SINK_TEXT + context + question, add_special_tokens=False, return_offsets_mapping=True)
         skip = sum(1 for _, b in enc["offset_mapping"] if b <= len(SINK_TEXT))
         offsets = [(a - len(SINK_TEXT), b - len(SINK_TEXT)) for a, b in enc["offset_mapping"][skip:]]
-        window = max(1, sum(1 for a, _ in offsets if a >= len(context)))
         selection = HeadSelection.of_heads(self.heads.heads, self.heads.scores)
+        window = self._query_window(offsets, len(context))
         mass = question_attention(self.lm, torch.tensor([enc["input_ids"]]), selection, window=window).tokens
         return mass[skip:], offsets
+
+    def _query_window(self, offsets: list[tuple[int, int]], context_chars: int) -> int:
+        """The attending positions: every token of the question (those after the context)."""
+        return max(1, sum(1 for a, _ in offsets if a >= context_chars))
 
     def _mass_cached(self, blocks: list[str], question: str) -> tuple[torch.Tensor, list[tuple[int, int]], int]:
         """Each block is a cached segment (keys encoded once, re-rotated to its place); only the

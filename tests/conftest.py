@@ -4,18 +4,34 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+# Tests never see the real home, cache or index: before ragctx is imported, HOME and the XDG folders point
+# at an empty temporary folder and no RAGCTX_* setting leaks in from the shell. Subprocesses inherit this.
+# (Idempotent: test modules also import this file as `tests.conftest`, a second module object.)
+if "PYTEST_RAGCTX_HOME" not in os.environ:
+    os.environ["PYTEST_RAGCTX_HOME"] = tempfile.mkdtemp(prefix="ragctx-test-home-")
+TEST_HOME = Path(os.environ["PYTEST_RAGCTX_HOME"])
+for _var in [v for v in os.environ if v.startswith("RAGCTX_")]:
+    del os.environ[_var]
+os.environ["HOME"] = str(TEST_HOME)
+for _var, _sub in [("XDG_CACHE_HOME", ".cache"), ("XDG_DATA_HOME", ".local/share"), ("XDG_CONFIG_HOME", ".config")]:
+    os.environ[_var] = str(TEST_HOME / _sub)
+os.environ["HF_HOME"] = str(TEST_HOME / ".cache" / "huggingface")
+os.environ["HF_HUB_OFFLINE"] = "1"
 
-from ragctx.config import Settings, load_settings
-from ragctx.engine import ContextEngine
-from ragctx.models import ModelRegistry
-from ragctx.types import Passage
+import pytest  # noqa: E402
+
+from ragctx.config import Settings, load_settings  # noqa: E402
+from ragctx.engine import ContextEngine  # noqa: E402
+from ragctx.models import ModelRegistry  # noqa: E402
+from ragctx.types import Passage  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -45,13 +61,9 @@ def passages_of(row: dict) -> list[Passage]:
 
 @pytest.fixture(scope="session")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    # Calibrations and the index go to temporary folders so tests never overwrite the user's; converted
-    # models stay in the user's cache (linked), so the GGUF is converted once per machine.
-    user_models = load_settings().resolved_cache_dir() / "models"
-    user_models.mkdir(parents=True, exist_ok=True)
-    cache = tmp_path_factory.mktemp("cache")
-    (cache / "models").symlink_to(user_models, target_is_directory=True)
-    return load_settings(index_dir=tmp_path_factory.mktemp("index"), cache_dir=cache)
+    # Calibrations, converted models and the index go to temporary folders (the GGUF is converted once
+    # per test session); the home folder of the session is empty too, so nothing of the user's is read.
+    return load_settings(index_dir=tmp_path_factory.mktemp("index"), cache_dir=tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture(scope="session")

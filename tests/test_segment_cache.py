@@ -165,6 +165,21 @@ def test_rerotated_keys_match_a_fresh_prefill_at_the_new_position(lm, blocks, dt
         assert (unmoved - expected).abs().max() / expected.abs().max() > 0.1  # the rotation matters
 
 
+def test_a_segment_encodes_to_the_same_bytes_alone_with_others_and_in_any_order(lm, blocks):
+    """A content-addressed entry must not depend on what else was encoded with it, or a key would hold
+    different bytes by history (a recomputed Redis entry would differ from the original)."""
+    segs, _ = blocks
+    kv = SegmentKVCache(lm, memory_cache())
+    together = kv.encode(segs, depth=5, prefix=kv.prefix)
+    backwards = kv.encode(segs[::-1], depth=5, prefix=kv.prefix)[::-1]
+    for i, seg in enumerate(segs):
+        (alone,) = kv.encode([seg], depth=5, prefix=kv.prefix)
+        for other in (together[i], backwards[i]):
+            assert torch.equal(alone.keys, other.keys) and torch.equal(alone.values, other.values), i
+    # The bytes stored under a key, too.
+    assert encode(kv._to_value(together[2], 5)) == encode(kv._to_value(kv.encode([segs[2]], 5, kv.prefix)[0], 5))
+
+
 def test_one_segment_holding_the_whole_context_scores_like_a_full_prefill(lm, blocks):
     segs, question = blocks
     whole = [t for s in segs for t in s]

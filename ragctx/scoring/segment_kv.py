@@ -84,12 +84,10 @@ class SegmentKVCache:
         lm: LanguageModel,
         cache: SegmentCache,
         dtype: torch.dtype = torch.float16,
-        batch_tokens: int = 4096,
     ) -> None:
         self.lm = lm
         self.cache = cache
         self.dtype = dtype
-        self.batch_tokens = batch_tokens
         self.owner = model_fingerprint(lm)
         self.prefix = list(lm.tokenizer.encode(SINK_TEXT, add_special_tokens=False))
         self._prefix_kv: dict[int, SegmentKV] = {}
@@ -99,8 +97,8 @@ class SegmentKVCache:
     # ---- segments -------------------------------------------------------------------------------
 
     def segments(self, token_ids: Sequence[Sequence[int]], depth: int) -> tuple[list[SegmentKV], int]:
-        """KV of each segment for layers 0..depth, from the cache or computed (misses in one batch and
-        written back). Returns the segments and the number of cache hits."""
+        """KV of each segment for layers 0..depth, from the cache or computed (misses written
+        back; each encoded on its own). Returns the segments and the number of cache hits."""
         keys = [self.key(ids, depth) for ids in token_ids]
         found = self.cache.get_many(keys, KIND, self.owner)
         out: list[SegmentKV | None] = []
@@ -142,38 +140,17 @@ class SegmentKVCache:
         return SegmentKV(k, v)
 
     def encode(self, token_ids: Sequence[Sequence[int]], depth: int, prefix: Sequence[int] = ()) -> list[SegmentKV]:
-        """Encode segments independently, each after `prefix` (whose keys are not kept), in batches
-        of about `batch_tokens` padded tokens, stopping after layer `depth`."""
-        order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]))
-        out: list[SegmentKV | None] = [None] * len(token_ids)
-        batch: list[int] = []
-        for i in order:
-            if batch and (len(batch) + 1) * (len(prefix) + len(token_ids[i])) > self.batch_tokens:
-                self._encode_batch(token_ids, batch, depth, prefix, out)
-                batch = []
-            batch.append(i)
-        if batch:
-            self._encode_batch(token_ids, batch, depth, prefix, out)
-        return [kv for kv in out if kv is not None]
+        """Encode segments independently, each after `prefix` (whose keys are not kept), stopping after
+        layer `depth`.
 
-    def _encode_batch(
-        self,
-        token_ids: Sequence[Sequence[int]],
-        batch: list[int],
-        depth: int,
-        prefix: Sequence[int],
-        out: list[SegmentKV | None],
-    ) -> None:
+        One forward per segment, at exactly its own shape: batched and padded, a segment's GEMMs would
+        take shapes from its neighbours, and CPU kernels pick their blocking (so their rounding) by
+        shape. Per segment, an entry is the same bytes whenever and with whatever it is computed, so
+        a content-addressed key always holds one value (tests check it bit for bit)."""
+        return [self._encode_one([*prefix, *ids], len(prefix), depth) for ids in token_ids]
+
+    def _encode_one(self, ids: list[int], skip: int, depth: int) -> SegmentKV:
         lm = self.lm
-        p = len(prefix)
-        longest = p + max(len(token_ids[i]) for i in batch)
-        pad = lm.tokenizer.pad_token_id or 0
-        # Right padding: real tokens sit at positions 0..n-1 and never see the padding (causal).
-        ids = torch.full((len(batch), longest), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), longest), dtype=torch.long)
-        for row, i in enumerate(batch):
-            ids[row, : p + len(token_ids[i])] = torch.tensor([*prefix, *token_ids[i]])
-            mask[row, : p + len(token_ids[i])] = 1
         keys: list[torch.Tensor] = []
         values: list[torch.Tensor] = []
 
@@ -184,8 +161,8 @@ class SegmentKVCache:
             if hasattr(module, "k_norm"):
                 k = module.k_norm(k)
             v = module.v_proj(hidden).view(b, n, -1, module.head_dim).transpose(1, 2)
-            keys.append(k.to(self.dtype).cpu())
-            values.append(v.to(self.dtype).cpu())
+            keys.append(k[0, :, skip:].to(self.dtype).cpu())
+            values.append(v[0, :, skip:].to(self.dtype).cpu())
             if len(keys) == depth + 1:
                 raise _StopForward
 
@@ -193,15 +170,11 @@ class SegmentKVCache:
         handles = [layers[i].self_attn.register_forward_pre_hook(hook, with_kwargs=True) for i in range(depth + 1)]
         try:
             with torch.inference_mode(), contextlib.suppress(_StopForward):
-                lm.model(ids.to(lm.device), attention_mask=mask.to(lm.device), use_cache=False)
+                lm.model(torch.tensor([ids], device=lm.device), use_cache=False)
         finally:
             for h in handles:
                 h.remove()
-        k_all = torch.stack(keys)  # (L, B, Hkv, T, d)
-        v_all = torch.stack(values)
-        for row, i in enumerate(batch):
-            n = len(token_ids[i])
-            out[i] = SegmentKV(k_all[:, row, :, p : p + n].contiguous(), v_all[:, row, :, p : p + n].contiguous())
+        return SegmentKV(torch.stack(keys).contiguous(), torch.stack(values).contiguous())
 
     # ---- the query path -------------------------------------------------------------------------
 

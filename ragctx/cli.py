@@ -185,12 +185,13 @@ def query(
     stage_list = [x.strip() for x in stages.split(",") if x.strip()] if stages else None
     s = settings_or_exit(config, index_dir=index_dir, top_k=top_k, stages=stage_list)
     b = budget_or_exit(s, budget, rate)
+    # Bad arguments fail (exit 2) before anything is loaded or read, index included.
+    if method in SOFT_METHODS and not answer:
+        fail(soft_method_error(method), 2)
     engine = ContextEngine(s)
     if engine.retriever is None:
         where = s.resolved_index_dir()
         fail(f"no index at {where}; build one with `ragctx index build PATH` or run `ragctx demo`")
-    if method in SOFT_METHODS and not answer:
-        fail(soft_method_error(method), 2)
     try:
         ctx = engine.run(question, method=text_method(method), budget=b)
         reply = engine.answer_locally(question, ctx, method) if answer else None

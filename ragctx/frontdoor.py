@@ -1,4 +1,4 @@
-"""One call for compression: `compress()` returns a CompressedContext with provenance, and
+"""The front door: `ragctx.compress()` returns a CompressedContext with provenance, and
 `compress_prompt()` answers with the keys LLMLingua users know."""
 
 from __future__ import annotations
@@ -42,15 +42,21 @@ def compress(
     target_tokens: int | None = None,
     rate: float | None = None,
     threshold: float | None = None,
-    method: str = "budget",
+    method: str | None = None,
     engine: ContextEngine | None = None,
 ) -> CompressedContext:
-    """Compress caller-given passages (strings, dicts with `text`, or Passages).
-
-    Threshold and budget together: the threshold selects first, then the budget caps.
+    """Compress caller-given passages (strings, dicts with `text`, or Passages), through the same engine
+    and stages as the CLI and the service: passages given replace retrieval, the other configured stages
+    (dedup) run. `method` None = the default chain; no `target_tokens`, `rate` or `threshold` = the
+    default rate. Threshold and budget together: the threshold selects first, then the budget caps.
+    An empty `passages` gives an empty context whose stats say why.
     """
-    budget = Budget(tokens=target_tokens, rate=rate, threshold=threshold)
-    return _engine(engine).run(question, _passages(passages), method=method, budget=budget, stages=[])
+    eng = _engine(engine)
+    if target_tokens is None and rate is None and threshold is None:
+        budget = eng.default_budget()
+    else:
+        budget = Budget(tokens=target_tokens, rate=rate, threshold=threshold)
+    return eng.run(question, _passages(passages), method=method, budget=budget)
 
 
 def compress_prompt(
@@ -59,7 +65,7 @@ def compress_prompt(
     *,
     rate: float | None = None,
     target_token: int | None = None,
-    method: str = "budget",
+    method: str | None = None,
     engine: ContextEngine | None = None,
     **_: Any,
 ) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 
 @contextlib.contextmanager
@@ -24,3 +24,12 @@ def atomic_write(path: Path, mode: str = "w") -> Iterator[IO[str]]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def save_figure(fig: Any, path: Path, dpi: int = 110) -> None:
+    """A matplotlib figure written to a temporary file and renamed into place (no half-written PNG)."""
+    path = Path(path)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp" + path.suffix)
+    fig.savefig(tmp, dpi=dpi)
+    tmp.replace(path)

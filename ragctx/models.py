@@ -155,14 +155,25 @@ def load_lm(spec: str, cache_dir: Path, device: str = "auto") -> LanguageModel:
     return LanguageModel(name=spec, model=model, tokenizer=tok)
 
 
-def load_embedder(spec: str, device: str = "auto") -> SentenceTransformer:
+def load_embedder(spec: str, device: str = "auto", backend: str = "torch") -> SentenceTransformer:
+    """A sentence-transformers model; `backend` "int8" quantizes its linear layers dynamically (CPU only)."""
     from sentence_transformers import SentenceTransformer
 
     _quiet_transformers()
     path = str(default_embedder_path()) if spec == "default" else spec
     if _is_local(path) and not Path(path).expanduser().is_dir():
         raise ModelNotFoundError(f"embedder folder {path} does not exist")
-    return SentenceTransformer(str(Path(path).expanduser()) if _is_local(path) else path, device=pick_device(device))
+    dev = pick_device(device)
+    model = SentenceTransformer(str(Path(path).expanduser()) if _is_local(path) else path, device=dev)
+    if backend == "int8":
+        if dev != "cpu":
+            raise ValueError("the int8 embedder backend runs on the CPU only; set RAGCTX_EMBEDDER_BACKEND=torch")
+        import torch
+
+        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    elif backend != "torch":
+        raise ValueError(f"unknown embedder backend {backend!r}; known: torch, int8")
+    return model
 
 
 def load_tokenizer(spec: str, cache_dir: Path) -> PreTrainedTokenizerBase:
@@ -190,7 +201,7 @@ class ModelRegistry:
 
     def embedder(self) -> SentenceTransformer:
         s = self.settings
-        return self._get("embedder", lambda: load_embedder(s.embedder, s.device))
+        return self._get("embedder", lambda: load_embedder(s.embedder, s.device, s.embedder_backend))
 
     def scorer(self) -> LanguageModel:
         s = self.settings

@@ -285,6 +285,9 @@ def test_compress_takes_rate_method_and_stages(http, nq20_rows):
         ({"question": "q", "passages": [{"id": "a", "text": "x"}], "method": "zip"}, 422, "unknown method"),
         ({"question": "q", "passages": [{"id": "a", "text": "x"}], "stages": ["fold"]}, 422, "unknown stage"),
         ({"question": "q", "passages": [{"text": "x"}]}, 422, "passages.0.id"),
+        ({"question": "q", "passages": [{"id": "a", "text": "x"}], "rate": 1.5}, 422, "rate"),
+        ({"question": "q", "passages": [{"id": "a", "text": "x"}], "rate": 0}, 422, "rate"),
+        ({"question": "q", "passages": [{"id": "a", "text": "x"}], "budget": 0}, 422, "budget"),
         (
             {"question": "q", "passages": [{"id": "a", "text": "x"}, {"id": "a", "text": "y"}]},
             400,
@@ -434,11 +437,14 @@ def test_streamed_chat_with_the_local_reader_ends_like_openai_streams(local_url,
 
 def test_raw_local_stream_is_server_sent_events_ending_with_done(local_url, nq20_rows):
     row = nq20_rows[4]
+    gold = passages_of(row)[row["gold_index"]]
+    # The answer passage: the relevance floor keeps an unrelated passage out of the context.
+    passage = {"id": gold.id, "title": gold.title, "text": gold.text[:200]}
     payload = {
         "messages": [{"role": "user", "content": row["question"]}],
         "stream": True,
         "max_tokens": 4,
-        "ragctx": {"passages": short_passages(row, n=1, chars=200)},
+        "ragctx": {"passages": [passage], "budget": 200},
     }
     with (
         httpx.Client(timeout=120) as client,
@@ -446,7 +452,7 @@ def test_raw_local_stream_is_server_sent_events_ending_with_done(local_url, nq20
     ):
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
-        assert r.headers["x-ragctx-kept"].startswith(row["passages"][0]["id"] + ":0-")
+        assert r.headers["x-ragctx-kept"].startswith(gold.id + ":0-")
         events = [line for line in r.iter_lines() if line]
     assert events[-1] == "data: [DONE]"
     assert all(e.startswith("data: ") for e in events)
@@ -643,7 +649,7 @@ def test_metrics_count_requests_stages_tokens_and_batches(http, nq20_rows):
     http.post("/v1/rerank", json={"query": row["question"], "documents": [p["text"] for p in row["passages"]]})
     text = http.get("/metrics").text
     assert 'ragctx_request_seconds_count{method="POST",route="/v1/compress",status="200"}' in text
-    assert 'ragctx_stage_seconds_count{stage="budget"}' in text
+    assert 'ragctx_stage_seconds_count{stage="ehpc"}' in text  # the default chain's last stage
     assert 'ragctx_tokens_in_total{route="/v1/compress"}' in text
     assert 'ragctx_tokens_out_total{route="/v1/compress"}' in text
     assert 'ragctx_batch_size_count{batcher="embedder"}' in text

@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ragctx.cli import app
+from ragctx.config import DEFAULT_STAGES
 from tests.conftest import need_data
 
 runner = CliRunner()
@@ -79,7 +80,7 @@ def test_build_then_query_gives_a_budgeted_context_with_provenance(env):
     assert ctx["tokens_out"] <= 120
     assert ctx["passages"][0]["id"] == "nq0"  # the Nobel laureates passage is retrieved first
     assert "Röntgen" in ctx["context"]
-    assert [s["name"] for s in ctx["stats"]] == ["retrieve", "dedup", "budget"]
+    assert [s["name"] for s in ctx["stats"]] == DEFAULT_STAGES
 
 
 def test_query_without_an_index_says_how_to_build_one(env):

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from ragctx.pipeline.registry import all_methods, known_stage_names
+from ragctx.pipeline.registry import SOFT_METHODS, known_stage_names, with_method
 from ragctx.pipeline.state import Budget
 from ragctx.types import Passage
 
@@ -40,8 +40,15 @@ class BudgetFields(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    budget: int | None = Field(default=None, ge=1, description="Token budget of the context.")
-    rate: float | None = Field(default=None, gt=0.0, le=1.0, description="Keep this fraction of the tokens.")
+    # Ranges are checked below (messages that name the value and the range) and shown in the schema here.
+    budget: int | None = Field(
+        default=None, description="Token budget of the context.", json_schema_extra={"minimum": 1}
+    )
+    rate: float | None = Field(
+        default=None,
+        description="Keep this fraction of the tokens. With neither budget nor rate: the service's default rate.",
+        json_schema_extra={"exclusiveMinimum": 0, "maximum": 1},
+    )
     threshold: float | None = Field(default=None, description="Keep only units scoring at least this.")
     top_k: int | None = Field(default=None, ge=1, description="Keep at most this many units.")
     method: str | None = Field(default=None, description="Compression method (`none` = no compression).")
@@ -53,11 +60,25 @@ class BudgetFields(BaseModel):
             raise ValueError("give a token budget or a rate, not both")
         return self
 
+    @field_validator("budget")
+    @classmethod
+    def _budget_range(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise ValueError(f"budget {value} is not allowed: the token budget must be at least 1")
+        return value
+
+    @field_validator("rate")
+    @classmethod
+    def _rate_range(cls, value: float | None) -> float | None:
+        if value is not None and not 0 < value <= 1:
+            raise ValueError(f"rate {value} is outside the allowed range (0, 1]")
+        return value
+
     @field_validator("method")
     @classmethod
     def _known_method(cls, value: str | None) -> str | None:
-        if value is not None and value not in all_methods():
-            raise ValueError(f"unknown method {value!r}; known: {all_methods()}")
+        if value is not None and value not in SOFT_METHODS:
+            with_method([], value)  # raises "unknown method ...; known: ..." (chains a+b allowed)
         return value
 
     @field_validator("stages")
@@ -83,7 +104,8 @@ class ContextRequest(BudgetFields):
 
 class CompressRequest(BudgetFields):
     question: Question
-    passages: list[PassageIn] = Field(min_length=1)
+    # An empty list is not an error: the context is empty and its stats say why.
+    passages: list[PassageIn]
 
 
 # ---- the context response: CompressedContext.to_dict(), field for field ----------------------------------

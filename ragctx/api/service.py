@@ -133,20 +133,15 @@ class Service:
         stages: list[str] | None,
     ) -> CompressedContext:
         """The pipeline over `passages`, or over what the index retrieves when there are none."""
-        base = stages if stages is not None else self.settings.stages
-        if passages:
-            names = [s for s in base if s != "retrieve"]
-        else:
-            if self.engine.retriever is None:
-                raise ApiError(
-                    409,
-                    "no passages were given and the service has no index yet; POST /v1/documents first",
-                    "no_index",
-                )
-            names = base if "retrieve" in base else ["retrieve", *base]
+        if passages is None and self.engine.retriever is None:
+            raise ApiError(
+                409,
+                "no passages were given and the service has no index yet; POST /v1/documents first",
+                "no_index",
+            )
         try:
             with self._lm_calls_batched():
-                return self.engine.run(question, passages, method=method, budget=budget, stages=names)
+                return self.engine.run(question, passages, method=method, budget=budget, stages=stages)
         except ValueError as exc:  # bad combinations the request models cannot see (duplicate ids, ...)
             raise ApiError(400, str(exc)) from None
 

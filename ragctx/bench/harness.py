@@ -266,3 +266,16 @@ def plot(rows: list[Row], path: Path) -> None:
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
     tmp.replace(path)
+
+
+def best_method(rows: list[dict[str, Any]], rates: list[float]) -> str:
+    """The method (or chain) with the highest mean answer recall over `rates`, among those measured at
+    every one of them: the rule that picks the default (`DEFAULT_METHOD`) from a bench table."""
+    recall: dict[str, dict[float, float]] = {}
+    for r in rows:
+        if r.get("target_rate") is not None and r.get("answer_recall") is not None:
+            recall.setdefault(r["method"], {})[float(r["target_rate"])] = float(r["answer_recall"])
+    complete = {m: sum(by[x] for x in rates) / len(rates) for m, by in recall.items() if all(x in by for x in rates)}
+    if not complete:
+        raise ValueError(f"no method was measured at every rate of {rates}")
+    return max(complete, key=lambda m: complete[m])  # max keeps the first of equals

@@ -66,6 +66,11 @@ class EmbeddingPassageFilter:
     embedder: Any
     name: str = "embed-passages"
     granularity: Granularity = "passage"
+    # Cosine below which a passage is not relevant (Settings.relevance_floor); None = off.
+    floor: float | None = None
+    # Kept passages best first: the context (and a compressor after this one) never depends on the order
+    # the caller's retriever returned them in.
+    ranks_passages: bool = True
 
     def score(self, state: PipelineState, units: Sequence[Unit]) -> list[float]:
         passages = [state.passages[u.passage_index].passage for u in units]

@@ -54,8 +54,15 @@ def heads_path(cache_dir: Path, lm: LanguageModel) -> Path:
     return cache_dir.expanduser() / "calibration" / "heads" / f"{model_slug(lm.name)}.json"
 
 
+# The default scorer's heads ship in the package (`ragctx calibrate heads` with the defaults made them), so
+# `ehpc` and the default chain work on a fresh install; a calibration in the cache takes precedence.
+BUNDLED_HEADS = {"default": Path(__file__).resolve().parents[1] / "data" / "evaluator-heads-smollm2.json"}
+
+
 def load_heads(cache_dir: Path, lm: LanguageModel) -> EvaluatorHeads:
     path = heads_path(cache_dir, lm)
+    if not path.is_file() and lm.name in BUNDLED_HEADS:
+        path = BUNDLED_HEADS[lm.name]
     if not path.is_file():
         raise FileNotFoundError(f"no evaluator heads for model {lm.name!r}; run `ragctx calibrate heads`")
     data = read_calibration(path)

@@ -31,7 +31,12 @@ class Unit:
 
 
 class UnitScorer(Protocol):
-    """What a compression method implements: one score per unit, higher = keep first."""
+    """What a compression method implements: one score per unit, higher = keep first.
+
+    Optional attributes a scorer may set: `default_threshold` (its natural cut-off when nothing else is
+    asked), `floor` (a unit scoring below it is never kept, budget left or not) and `ranks_passages`
+    (kept passages are put in the order of their best unit, so the caller's order does not matter).
+    """
 
     name: str
     granularity: Granularity
@@ -190,10 +195,28 @@ class CompressStage:
         state.notes["score_ms"] = round((time.perf_counter() - started) * 1000, 3)
         costs = unit_costs(state, units, self.counter) if self.scorer.granularity != "token" else [1] * len(units)
         headers = self.header_costs(state)
-        keep = choose(units, scores, costs, headers, state.budget, limit)
+        floor: float | None = getattr(self.scorer, "floor", None)
+        asked = state.budget
+        if floor is not None and units:
+            below = sum(x < floor for x in scores)
+            state.notes["below_floor"] = below
+            if below == len(units):
+                state.notes["reason"] = (
+                    f"no {self.scorer.granularity} reaches the relevance floor {floor:g} "
+                    f"(best {max(scores):.3f}): nothing relevant to the question"
+                )
+            asked = replace(asked, threshold=floor if asked.threshold is None else max(floor, asked.threshold))
+        keep = choose(units, scores, costs, headers, asked, limit)
         self._apply(state, units, keep)
         if limit is not None:
             self._enforce(state, units, scores, keep, limit)
+        if getattr(self.scorer, "ranks_passages", False):
+            best: dict[int, float] = {}
+            for u, x, k in zip(units, scores, keep, strict=True):
+                if k:
+                    best[u.passage_index] = max(x, best.get(u.passage_index, x))
+            order = sorted(range(len(state.passages)), key=lambda i: (-best.get(i, float("-inf")), i))
+            state.passages = [state.passages[i] for i in order]
         state.notes["units"] = len(units)
         state.notes["kept_units"] = sum(keep)
 

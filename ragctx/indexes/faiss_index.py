@@ -181,7 +181,7 @@ class FaissIndex:
                 next_id = int(db.execute("SELECT COALESCE(MAX(rowid) + 1, 0) FROM docs").fetchone()[0])
                 seen: set[str] = set()
                 with _progress_bar(progress, passages, "adding") as bar:
-                    for batch in _batches(passages, batch_size):
+                    for batch in _batches(passages, SORT_CHUNK):
                         known = _existing_ids(db, [p.id for p in batch])
                         fresh: list[Passage] = []
                         for passage in batch:
@@ -192,13 +192,14 @@ class FaissIndex:
                                 fresh.append(passage)
                         if fresh:
                             ids = np.arange(next_id, next_id + len(fresh), dtype=np.int64)
-                            vectors = _encode(self.embedder, [embedding_text(p) for p in fresh], batch_size)
+                            texts = [embedding_text(p) for p in fresh]
+                            vectors = _encode_sorted(self.embedder, texts, batch_size, bar)
                             _insert(db, ids, fresh)
                             index.add_with_ids(vectors, ids)
                             next_id += len(fresh)
                             added += len(fresh)
                         if bar is not None:
-                            bar.update(len(batch))
+                            bar.update(len(batch) - len(fresh))  # the fresh ones moved it as they were encoded
                 db.commit()
             finally:
                 db.close()
@@ -280,6 +281,23 @@ def _encode(embedder: SentenceTransformer, texts: list[str], batch_size: int) ->
     return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
+# Passages read, length-sorted and encoded together (bounded memory on any corpus size).
+SORT_CHUNK = 2048
+
+
+def _encode_sorted(embedder: SentenceTransformer, texts: list[str], batch_size: int, bar: Any) -> np.ndarray:
+    """`_encode` in length order, one batch at a time so the bar moves: batches of similar lengths pad
+    little (encoding 64-passage batches in input order ran at 0.58x of one sorted `encode` call)."""
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    out = np.empty((len(texts), _embedder_dim(embedder)), dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        out[rows] = _encode(embedder, [texts[i] for i in rows], batch_size)
+        if bar is not None:
+            bar.update(len(rows))
+    return out
+
+
 def _batches(passages: Iterable[Passage], size: int) -> Iterator[list[Passage]]:
     iterator = iter(passages)
     while batch := list(islice(iterator, size)):
@@ -295,7 +313,8 @@ def _progress_bar(enabled: bool, passages: Iterable[Passage], label: str) -> Ite
     from tqdm import tqdm
 
     total = len(passages) if isinstance(passages, Sized) else None
-    with tqdm(total=total, desc=label, unit="passage") as bar:
+    fmt = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]"
+    with tqdm(total=total, desc=label, unit="passage", bar_format=fmt if total else None) as bar:
         yield bar
 
 
@@ -317,21 +336,19 @@ def _index_new(
     seen: set[str] = set()
     count = 0
     with _progress_bar(progress, passages, "indexing") as bar:
-        for batch in _batches(passages, batch_size):
+        for batch in _batches(passages, SORT_CHUNK):
             for passage in batch:
                 if passage.id in seen:
                     raise ValueError(f"duplicate passage id {passage.id!r}; ids must be unique within a corpus")
                 seen.add(passage.id)
             ids = np.arange(count, count + len(batch), dtype=np.int64)
-            vectors = _encode(embedder, [embedding_text(p) for p in batch], batch_size)
+            vectors = _encode_sorted(embedder, [embedding_text(p) for p in batch], batch_size, bar)
             _insert(db, ids, batch)
             if pending is not None:
                 pending.append(vectors)
             else:
                 index.add_with_ids(vectors, ids)
             count += len(batch)
-            if bar is not None:
-                bar.update(len(batch))
     if count == 0:
         raise ValueError("no passages to index")
     nlist = 0

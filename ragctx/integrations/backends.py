@@ -18,7 +18,6 @@ from ragctx.types import Passage
 
 COMPRESS_PATH = "/v1/compress"
 CONTEXT_PATH = "/v1/context"
-RETRIEVE_STAGE = "retrieve"
 
 
 class ServerError(RuntimeError):
@@ -128,22 +127,16 @@ class InProcessBackend:
     engine: ContextEngine
 
     def compress(self, question: str, passages: Sequence[Passage], options: RequestOptions) -> dict[str, Any]:
-        configured = options.stages if options.stages is not None else self.engine.settings.stages
-        # The passages are given, so retrieval would be skipped anyway; leaving it out also spares opening
-        # the index.
-        stages = [s for s in configured if s != RETRIEVE_STAGE]
         budget = options.budget(self.engine.default_budget())
+        stages = list(options.stages) if options.stages is not None else None
         return self.engine.run(question, list(passages), options.method, budget, stages).to_dict()
 
     async def acompress(self, question: str, passages: Sequence[Passage], options: RequestOptions) -> dict[str, Any]:
         return await asyncio.to_thread(self.compress, question, passages, options)
 
     def context(self, question: str, options: RequestOptions) -> dict[str, Any]:
-        configured = options.stages if options.stages is not None else self.engine.settings.stages
-        stages = list(configured)
-        if RETRIEVE_STAGE not in stages:
-            stages.insert(0, RETRIEVE_STAGE)
         budget = options.budget(self.engine.default_budget())
+        stages = list(options.stages) if options.stages is not None else None
         return self.engine.run(question, None, options.method, budget, stages).to_dict()
 
     async def acontext(self, question: str, options: RequestOptions) -> dict[str, Any]:

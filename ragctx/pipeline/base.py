@@ -51,7 +51,11 @@ class Pipeline:
         for stage in self.stages:
             state.notes = {}
             started = time.perf_counter()
-            stage.run(state)
+            if state.kept() or stage.name == "retrieve":
+                stage.run(state)
+            else:  # nothing given, or an earlier stage kept nothing: say why instead of scoring nothing
+                state.notes["skipped"] = "no passages"
+                state.notes["reason"] = _why_empty(passages, stats)
             ms = (time.perf_counter() - started) * 1000
             tokens_in = tokens
             tokens = self.counter.count(render(state.passages))
@@ -70,6 +74,17 @@ class Pipeline:
             tokens_in=state.reference_tokens or 0,
             tokens_out=tokens,
         )
+
+
+def _why_empty(given: list[Passage] | None, stats: list[StageStats]) -> str:
+    """Why a stage found no passages: the earlier stage's own reason, else which stage emptied them."""
+    for st in reversed(stats):
+        if "reason" in st.details:
+            return str(st.details["reason"])
+    emptied = next((st.name for st in stats if st.tokens_in > 0 and st.tokens_out == 0), None)
+    if emptied:
+        return f"stage {emptied!r} kept no passage"
+    return "no passages were given" if given is not None else "nothing was retrieved"
 
 
 def _check_unique_ids(passages: list[Passage]) -> None:

@@ -61,7 +61,9 @@ COMPRESSORS: dict[str, Callable[[StageFactory], UnitScorer]] = {
     "budget": lambda f: SentenceBudget(),
     "truncate": lambda f: Truncation(),
     "random-drop": lambda f: RandomSentenceDrop(),
-    "embed-passages": lambda f: EmbeddingPassageFilter(f.models.embedder()),
+    "embed-passages": lambda f: EmbeddingPassageFilter(
+        f.models.embedder(), floor=f.settings.relevance_floor if f.settings.relevance_floor > -1 else None
+    ),
     "ehpc": _ehpc,
     "exit": _exit,
 }
@@ -79,7 +81,8 @@ STAGE_HELP: dict[str, str] = {
     "budget": "keep whole sentences in order until the budget is spent",
     "truncate": "keep the first tokens (cuts mid-sentence)",
     "random-drop": "keep random sentences within the budget (seeded)",
-    "embed-passages": "keep whole passages by embedding cosine to the question within the budget",
+    "embed-passages": "keep whole passages by embedding cosine to the question within the budget, best first; "
+    "none below relevance_floor",
     "ehpc": "evaluator-head token compression: question attention through calibrated early heads",
     "exit": "EXIT: keep sentences the classifier finds useful (P(Yes) >= tau, default 0.5) or the best in budget",
 }

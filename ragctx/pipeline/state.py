@@ -21,11 +21,11 @@ class Budget:
         if self.tokens is not None and self.rate is not None:
             raise ValueError("give a token budget or a rate, not both")
         if self.tokens is not None and self.tokens < 1:
-            raise ValueError("the token budget must be at least 1")
+            raise ValueError(f"budget {self.tokens} is not allowed: the token budget must be at least 1")
         if self.rate is not None and not 0 < self.rate <= 1:
-            raise ValueError("the rate must be in (0, 1]")
+            raise ValueError(f"rate {self.rate} is outside the allowed range (0, 1]")
         if self.top_k is not None and self.top_k < 1:
-            raise ValueError("top_k must be at least 1")
+            raise ValueError(f"top_k {self.top_k} is not allowed: it must be at least 1")
 
     def limit(self, tokens_in: int) -> int | None:
         """The token limit for a context of `tokens_in` tokens, or None for no limit."""

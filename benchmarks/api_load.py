@@ -34,7 +34,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from ragctx.bench.data import find_nq20
+from ragctx.evaluation.data import find_nq20
 
 
 @dataclass

@@ -22,13 +22,13 @@ from typing import Any
 
 import torch
 
-from ragctx.bench.data import find_nq20, load_nq20
-from ragctx.bench.metrics import has_answer
 from ragctx.cache import MemoryStore, SegmentCache
 from ragctx.compllm.compressor import CompLLM
 from ragctx.compllm.data import read_jsonl
 from ragctx.compllm.reader import CompressedReader
 from ragctx.compllm.training import TrainSettings, train_compllm
+from ragctx.evaluation.data import find_nq20, load_nq20
+from ragctx.evaluation.metrics import has_answer
 from ragctx.models import LanguageModel, load_lm
 from ragctx.types import Passage
 

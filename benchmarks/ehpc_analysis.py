@@ -46,15 +46,15 @@ from typing import Any
 
 import torch
 
-from ragctx.bench.data import find_nq20, load_nq20
-from ragctx.bench.metrics import has_answer
 from ragctx.compressors.baselines import EmbeddingPassageFilter
 from ragctx.compressors.ehpc import EHPCScorer
 from ragctx.compressors.evaluator_heads import load_heads
 from ragctx.compressors.selection import CompressStage, Granularity, Unit, make_units
 from ragctx.config import load_settings
 from ragctx.engine import ContextEngine
-from ragctx.pipeline.state import Budget, PipelineState, render
+from ragctx.evaluation.data import find_nq20, load_nq20
+from ragctx.evaluation.metrics import has_answer
+from ragctx.state import Budget, PipelineState, render
 
 ORDERS = ("orig", "asc", "desc")  # pipeline order; most relevant last (next to the question); first
 

@@ -24,11 +24,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ragctx.bench.data import find_nq20, load_nq20
-from ragctx.bench.metrics import has_answer, median_p90
 from ragctx.config import load_settings
 from ragctx.engine import ContextEngine
-from ragctx.pipeline.state import Budget
+from ragctx.evaluation.data import find_nq20, load_nq20
+from ragctx.evaluation.metrics import has_answer, median_p90
+from ragctx.state import Budget
 
 
 def main() -> None:

@@ -10,13 +10,13 @@ import json
 import time
 from pathlib import Path
 
-from ragctx.bench.data import find_nq20
 from ragctx.compressors.exit import DEFAULT_TAU, ExitLMScorer
 from ragctx.compressors.exit_training import hotpotqa_passages, hotpotqa_rows
 from ragctx.compressors.selection import Unit
 from ragctx.config import load_settings
+from ragctx.evaluation.data import find_nq20
 from ragctx.models import ModelRegistry
-from ragctx.pipeline.state import PipelineState
+from ragctx.state import PipelineState
 
 
 def main() -> None:

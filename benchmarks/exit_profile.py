@@ -17,9 +17,9 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from ragctx.bench.data import find_nq20, load_nq20
 from ragctx.engine import ContextEngine
-from ragctx.pipeline.state import Budget
+from ragctx.evaluation.data import find_nq20, load_nq20
+from ragctx.state import Budget
 
 
 def gemm_rate(m: int, k: int, n: int, reps: int) -> float:

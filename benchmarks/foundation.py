@@ -13,14 +13,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from ragctx.bench.data import find_nq20
-from ragctx.bench.metrics import median_p90
 from ragctx.config import load_settings
 from ragctx.engine import ContextEngine
+from ragctx.evaluation.data import find_nq20
+from ragctx.evaluation.metrics import median_p90
 from ragctx.indexes.faiss_index import FaissIndex
 from ragctx.indexes.loaders import read_documents
 from ragctx.models import load_embedder, load_lm
-from ragctx.pipeline.state import Budget
+from ragctx.state import Budget
 
 
 def main() -> None:

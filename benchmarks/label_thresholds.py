@@ -12,8 +12,8 @@ import json
 
 from tqdm import tqdm
 
-from ragctx.bench.data import find_nq20, load_nq20
 from ragctx.config import load_settings
+from ragctx.evaluation.data import find_nq20, load_nq20
 from ragctx.models import ModelRegistry
 from ragctx.scoring.relevance import QueryLikelihoodScorer, embedding_relevance
 

@@ -33,16 +33,17 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ragctx.bench.data import Question, find_nq20, load_nq20  # noqa: E402
-from ragctx.bench.metrics import has_answer, roc_auc  # noqa: E402
-from ragctx.calibration import attnrank_path, calibrate_attnrank, check_abstention  # noqa: E402
+from ragctx.evaluation.data import Question, find_nq20, load_nq20  # noqa: E402
+from ragctx.evaluation.metrics import has_answer, roc_auc  # noqa: E402
 from ragctx.models import LanguageModel, ModelNotFoundError, load_lm  # noqa: E402
-from ragctx.pipeline.state import PipelineState, render  # noqa: E402
 from ragctx.reader import LocalReader  # noqa: E402
 from ragctx.reordering.attention import AttentionSortStage, AttnRankStage  # noqa: E402
+from ragctx.reordering.calibration import attnrank_path, calibrate_attnrank  # noqa: E402
 from ragctx.reordering.orders import ReorderStage  # noqa: E402
+from ragctx.scoring.abstention import check_abstention  # noqa: E402
 from ragctx.scoring.distraction import DistractionScorer  # noqa: E402
 from ragctx.scoring.relevance import QueryLikelihoodScorer, embedding_relevance  # noqa: E402
+from ragctx.state import PipelineState, render  # noqa: E402
 from ragctx.types import Passage  # noqa: E402
 
 METHODS = ["retriever", "inverse", "shuffle", "lim-langchain", "lim-llamaindex", "attention-sort", "attnrank"]

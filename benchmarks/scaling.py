@@ -27,14 +27,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ragctx.bench.data import find_nq20, load_nq20  # noqa: E402
 from ragctx.compressors.ehpc import EHPCScorer  # noqa: E402
 from ragctx.compressors.evaluator_heads import EvaluatorHeads, heads_path  # noqa: E402
 from ragctx.compressors.exit import ExitLMScorer  # noqa: E402
 from ragctx.compressors.selection import CompressStage, UnitScorer  # noqa: E402
+from ragctx.evaluation.data import find_nq20, load_nq20  # noqa: E402
 from ragctx.models import LanguageModel, load_lm  # noqa: E402
-from ragctx.pipeline.state import Budget, PipelineState, render  # noqa: E402
 from ragctx.segmentation import TokenCounter  # noqa: E402
+from ragctx.state import Budget, PipelineState, render  # noqa: E402
 from ragctx.types import Passage  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")

@@ -29,8 +29,8 @@ from typing import Any
 
 import torch
 
-from ragctx.bench.data import find_nq20, load_nq20
 from ragctx.cache import MemoryStore, RedisStore, SegmentCache
+from ragctx.evaluation.data import find_nq20, load_nq20
 from ragctx.models import LanguageModel, load_lm
 from ragctx.scoring.lm_attention import HeadSelection, question_attention
 from ragctx.scoring.segment_kv import SegmentKVCache
@@ -83,10 +83,10 @@ def timed(fn: Callable[[], Any], lm: LanguageModel | None = None) -> tuple[float
 
 def quality(models: Any, questions: list[Any], n: int, rate: float) -> dict[str, Any]:
     """Answer recall of EHPC at `rate` with cached segments and with one full prefill per request."""
-    from ragctx.bench.metrics import has_answer
     from ragctx.config import load_settings
     from ragctx.engine import ContextEngine
-    from ragctx.pipeline.state import Budget
+    from ragctx.evaluation.metrics import has_answer
+    from ragctx.state import Budget
 
     out: dict[str, Any] = {"rate": rate, "questions": n}
     for segment_kv in (True, False):

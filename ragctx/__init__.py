@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ragctx.types import CompressedContext, Passage, PassageResult, Span, StageStats
+from ragctx.version import __version__
 
 if TYPE_CHECKING:
     from ragctx.config import Settings
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from ragctx.frontdoor import compress, compress_prompt
 
 __all__ = [
+    "__version__",
     "CompressedContext",
     "ContextEngine",
     "Passage",
@@ -29,7 +31,6 @@ __all__ = [
     "compress",
     "compress_prompt",
 ]
-__version__ = "0.1.0"
 
 _LAZY = {
     "compress": "ragctx.frontdoor",

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -246,15 +246,6 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: Any) -> Any:
         # docker-compose's `${VAR:-}` gives an empty string for an unset variable.
         return None if value == "" else value
-
-    @model_validator(mode="after")
-    def _known_stages(self) -> Settings:
-        from ragctx.pipeline.registry import known_stage_names
-
-        unknown = [s for s in self.stages if s not in known_stage_names()]
-        if unknown:
-            raise ValueError(f"unknown stage(s) {unknown}; known: {sorted(known_stage_names())}")
-        return self
 
     def resolved_cache_dir(self) -> Path:
         return self.cache_dir.expanduser()

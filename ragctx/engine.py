@@ -12,10 +12,10 @@ from ragctx.compressors.selection import CompressStage
 from ragctx.config import Settings, load_settings
 from ragctx.models import ModelRegistry
 from ragctx.pipeline.base import Pipeline
-from ragctx.pipeline.registry import SOFT_METHODS, StageFactory, with_method
-from ragctx.pipeline.state import Budget
 from ragctx.reader import LocalAnswer, LocalReader, qa_prompt
+from ragctx.registry import SOFT_METHODS, StageFactory, check_stage_names, with_method
 from ragctx.segmentation import TokenCounter
+from ragctx.state import Budget
 from ragctx.types import CompressedContext, Passage, StageStats
 
 if TYPE_CHECKING:
@@ -37,6 +37,7 @@ class ContextEngine:
         retriever: Retriever | None = None,
     ) -> None:
         self.settings = settings or load_settings()
+        check_stage_names(self.settings.stages)
         self.models = registry or ModelRegistry(self.settings)
         self._retriever = retriever
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ragctx.engine import ContextEngine
-from ragctx.pipeline.state import Budget
+from ragctx.state import Budget
 from ragctx.types import CompressedContext, Passage
 
 _default_engine: ContextEngine | None = None

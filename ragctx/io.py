@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,3 +36,26 @@ def save_figure(fig: Any, path: Path, dpi: int = 110) -> None:
     tmp = path.with_suffix(".tmp" + path.suffix)
     fig.savefig(tmp, dpi=dpi)
     tmp.replace(path)
+
+
+# Calibration files: per-model JSON in the cache directory, written once and read by the method that owns the
+# format (abstention: scoring.abstention; AttnRank and attention bias: reordering.calibration; evaluator heads:
+# compressors.evaluator_heads).
+
+
+def model_slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")[-80:] or "model"
+
+
+@functools.lru_cache(maxsize=64)
+def _read_cached(path: str, mtime_ns: int) -> dict[str, Any]:
+    return dict(json.loads(Path(path).read_text()))
+
+
+def read_calibration(path: Path) -> dict[str, Any]:
+    """A stored calibration, parsed once per file version (stages are built per request)."""
+    return dict(_read_cached(str(path), path.stat().st_mtime_ns))
+
+
+def calibration_path(cache_dir: Path, kind: str, name: str) -> Path:
+    return cache_dir.expanduser() / "calibration" / kind / f"{name}.json"

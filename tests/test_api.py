@@ -29,7 +29,7 @@ from ragctx.api import create_app
 from ragctx.config import DEFAULT_STAGES, Settings, load_settings
 from ragctx.indexes.faiss_index import FaissIndex
 from ragctx.indexes.loaders import read_documents
-from ragctx.pipeline.state import Budget
+from ragctx.state import Budget
 
 API_KEY = "test-key-5f1c"
 

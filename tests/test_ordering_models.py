@@ -7,15 +7,15 @@ import json
 import pytest
 import torch
 
-from ragctx.calibration import (
+from ragctx.reordering.calibration import (
     attnrank_path,
     calibrate_attnrank,
-    check_abstention,
     edge_ratio,
     load_attnrank,
     sample_prompts,
 )
 from ragctx.reordering.prompt import slotted_prompt
+from ragctx.scoring.abstention import check_abstention
 from ragctx.scoring.distraction import DistractionScorer
 from ragctx.scoring.prefix_batch import last_token_logits
 from ragctx.scoring.relevance import QueryLikelihoodScorer
@@ -134,9 +134,9 @@ def test_attnrank_without_a_profile_says_how_to_make_one(engine):
 
 
 def test_debiased_attention_sorting_subtracts_the_calibrated_slot_bias(engine, registry, settings):
-    from ragctx.calibration import calibrate_attention_bias
     from ragctx.config import load_settings
     from ragctx.engine import ContextEngine
+    from ragctx.reordering.calibration import calibrate_attention_bias
 
     lm = registry.reader()
     bias = calibrate_attention_bias(lm, settings.resolved_cache_dir(), 3, sample_prompts(3, 1))

@@ -6,8 +6,8 @@ import pytest
 
 from ragctx.compressors.baselines import SentenceBudget
 from ragctx.compressors.selection import CompressStage, make_units, unit_costs
-from ragctx.pipeline.state import Budget, PipelineState, render
 from ragctx.reordering.orders import lost_in_middle_langchain, lost_in_middle_llamaindex
+from ragctx.state import Budget, PipelineState, render
 from ragctx.types import Passage
 from tests.conftest import passages_of
 

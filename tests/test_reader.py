@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ragctx.pipeline.state import PipelineState, render
 from ragctx.reader import LocalReader, qa_prompt
+from ragctx.state import PipelineState, render
 from tests.conftest import passages_of
 
 

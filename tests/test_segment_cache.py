@@ -26,9 +26,9 @@ from ragctx.cache.codec import decode, encode
 from ragctx.compressors.evaluator_heads import calibrate_heads, needle_examples
 from ragctx.config import load_settings
 from ragctx.engine import ContextEngine
-from ragctx.pipeline.state import Budget
 from ragctx.scoring.lm_attention import HeadSelection, apply_rope, decoder_layers, question_attention
 from ragctx.scoring.segment_kv import SegmentKVCache, rope_tables
+from ragctx.state import Budget
 from tests.conftest import need_data, passages_of
 
 SELECTION = HeadSelection.of_heads([(2, 0), (3, 4), (5, 1)])

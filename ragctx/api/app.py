@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 import anyio.to_thread
 from fastapi import FastAPI
 
-from ragctx import __version__
 from ragctx.api import chat, routes
 from ragctx.api.errors import install_error_handlers
 from ragctx.api.middleware import GuardMiddleware, RequestContextMiddleware
@@ -17,6 +16,7 @@ from ragctx.api.service import Service
 from ragctx.config import Settings, load_settings
 from ragctx.engine import ContextEngine
 from ragctx.models import ModelRegistry
+from ragctx.version import __version__
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from ragctx.api.limits import Slot, run_in_thread
 from ragctx.api.routes import check_passage_count, service_of
 from ragctx.api.schemas import ChatRequest
 from ragctx.api.service import Service
-from ragctx.pipeline.registry import SOFT_METHODS, text_method
 from ragctx.reader import LocalAnswer
+from ragctx.registry import SOFT_METHODS, text_method
 from ragctx.types import CompressedContext
 
 router = APIRouter()

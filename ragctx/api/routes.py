@@ -25,7 +25,7 @@ from ragctx.api.schemas import (
     RerankResult,
 )
 from ragctx.api.service import Service
-from ragctx.pipeline.state import Budget
+from ragctx.state import Budget
 from ragctx.types import Passage
 
 router = APIRouter()

@@ -6,8 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from ragctx.pipeline.registry import SOFT_METHODS, known_stage_names, with_method
-from ragctx.pipeline.state import Budget
+from ragctx.registry import SOFT_METHODS, known_stage_names, with_method
+from ragctx.state import Budget
 from ragctx.types import Passage
 
 

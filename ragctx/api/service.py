@@ -21,9 +21,9 @@ from ragctx.api.metrics import ServiceMetrics
 from ragctx.config import Settings
 from ragctx.engine import ContextEngine
 from ragctx.models import LanguageModel
-from ragctx.pipeline.state import Budget
 from ragctx.reader import LocalReader
 from ragctx.scoring.prefix_batch import logits_for_calls, routed_through
+from ragctx.state import Budget
 from ragctx.types import CompressedContext, Passage
 
 if TYPE_CHECKING:

@@ -17,14 +17,14 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ragctx.bench.data import Question, load_nq20
-from ragctx.bench.metrics import has_answer, median_p90
 from ragctx.config import Settings
 from ragctx.engine import ContextEngine
+from ragctx.evaluation.data import Question, load_nq20
+from ragctx.evaluation.metrics import has_answer, median_p90
 from ragctx.io import atomic_write
-from ragctx.pipeline.registry import COMPRESSORS, known_stage_names
-from ragctx.pipeline.state import Budget
 from ragctx.reader import LocalReader
+from ragctx.registry import COMPRESSORS, known_stage_names
+from ragctx.state import Budget
 
 REORDER_BASELINES = ["reorder-lim-langchain"]
 
@@ -192,7 +192,7 @@ def _compresses(method: str) -> bool:
 
 def _ensure_attnrank_profile(engine: ContextEngine, cfg: BenchConfig, k: int) -> None:
     """Calibrate on 20 dev questions that follow the evaluated ones (no overlap) if no profile exists."""
-    from ragctx.calibration import attnrank_path, calibrate_attnrank
+    from ragctx.reordering.calibration import attnrank_path, calibrate_attnrank
 
     lm = engine.models.reader()
     cache = engine.settings.resolved_cache_dir()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ragctx.compressors.selection import Granularity, Unit
-from ragctx.pipeline.state import PipelineState
+from ragctx.state import PipelineState
 
 # Where EmbeddingPassageFilter records each passage's cosine to the question (PassageResult.scores), so
 # a later compressor in a chain (EHPC) can use it as a passage prior.

@@ -30,9 +30,9 @@ from ragctx.compressors.baselines import EMBEDDING_SCORE
 from ragctx.compressors.evaluator_heads import QUESTION_PREFIX, EvaluatorHeads
 from ragctx.compressors.selection import Granularity, Unit
 from ragctx.models import LanguageModel
-from ragctx.pipeline.state import PipelineState
 from ragctx.scoring.lm_attention import HeadSelection, question_attention
 from ragctx.scoring.segment_kv import SINK_TEXT, SegmentKVCache
+from ragctx.state import PipelineState
 
 
 @dataclass

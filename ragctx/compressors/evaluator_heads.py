@@ -19,8 +19,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from ragctx.calibration import model_slug, read_calibration
-from ragctx.io import atomic_write
+from ragctx.io import atomic_write, model_slug, read_calibration
 from ragctx.kernels import attention_mass
 from ragctx.models import LanguageModel
 from ragctx.scoring.lm_attention import capture_qk

@@ -18,8 +18,8 @@ import torch
 
 from ragctx.compressors.selection import Granularity, Unit
 from ragctx.models import LanguageModel
-from ragctx.pipeline.state import PipelineState
 from ragctx.scoring.prefix_batch import last_token_logits
+from ragctx.state import PipelineState
 from ragctx.types import Passage
 
 DEFAULT_TAU = 0.5

@@ -21,12 +21,12 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from ragctx.bench.data import load_nq20
-from ragctx.bench.metrics import has_answer, roc_auc
 from ragctx.compressors.exit import exit_pair_text
 from ragctx.compressors.selection import Unit, UnitScorer
-from ragctx.pipeline.state import PipelineState
+from ragctx.evaluation.data import load_nq20
+from ragctx.evaluation.metrics import has_answer, roc_auc
 from ragctx.segmentation import sentence_offsets
+from ragctx.state import PipelineState
 from ragctx.types import Passage
 
 

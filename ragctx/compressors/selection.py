@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
-from ragctx.pipeline.state import Budget, PipelineState, merge_spans, passage_header, render
 from ragctx.segmentation import TokenCounter, sentence_offsets, sub_sentence_offsets
+from ragctx.state import Budget, PipelineState, merge_spans, passage_header, render
 
 Granularity = Literal["token", "word", "sentence", "passage"]
 _WORD = re.compile(r"\S+")

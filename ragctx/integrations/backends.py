@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ragctx.engine import ContextEngine
-from ragctx.pipeline.state import Budget
+from ragctx.state import Budget
 from ragctx.types import Passage
 
 COMPRESS_PATH = "/v1/compress"

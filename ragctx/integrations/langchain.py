@@ -32,7 +32,7 @@ from ragctx.integrations.backends import (
     ServerError,
     read_kept_passages,
 )
-from ragctx.pipeline.registry import known_stage_names
+from ragctx.registry import known_stage_names
 from ragctx.reordering.orders import ORDER_NAMES
 from ragctx.types import Passage
 

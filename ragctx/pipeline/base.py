@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ragctx.pipeline.state import Budget, PipelineState, TokenCounting, render
+from ragctx.state import Budget, PipelineState, TokenCounting, render
 from ragctx.types import CompressedContext, Passage, StageStats
 
 

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 
 from ragctx.indexes.base import Retriever
-from ragctx.pipeline.state import PipelineState
+from ragctx.state import PipelineState
 
 _WORD = re.compile(r"\w+")
 

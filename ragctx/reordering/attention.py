@@ -4,7 +4,7 @@ Attention sorting: one prefill of the reader prompt in the current order; the at
 position pays to each passage's body (selected layers, all heads; sum or per-token mean); a stable sort
 ascending puts the most-attended passage last, next to the question; repeat for k rounds.
 
-AttnRank: the model's positional profile (calibration.py) says which slots get most attention; the
+AttnRank: the model's positional profile (reordering/calibration.py) says which slots get most attention; the
 most relevant passage (the current order is taken as the relevance order) goes to the most attended
 slot, and so on. No model call at query time.
 """
@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ragctx.calibration import load_attention_bias, load_attnrank
 from ragctx.models import LanguageModel
-from ragctx.pipeline.state import PipelineState
+from ragctx.reordering.calibration import load_attention_bias, load_attnrank
 from ragctx.reordering.prompt import slot_attention
+from ragctx.state import PipelineState
 
 
 @dataclass

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from ragctx.pipeline.state import PipelineState
+from ragctx.state import PipelineState
 
 T = TypeVar("T")
 

@@ -1,7 +1,7 @@
 """The reader prompt as token ids, with the tokens of each passage's body marked by its slot.
 
 Model-aware orderings measure attention on the prompt the target model will actually read: the
-rendered context (ragctx.pipeline.state.render) inside the reader's QA prompt and chat template.
+rendered context (ragctx.state.render) inside the reader's QA prompt and chat template.
 Headers and template tokens belong to no slot (-1), so attention sinks never count for a passage.
 """
 
@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import torch
 
 from ragctx.models import LanguageModel
-from ragctx.pipeline.state import passage_body, passage_header
 from ragctx.reader import qa_prompt
 from ragctx.scoring.lm_attention import HeadSelection, question_attention
+from ragctx.state import passage_body, passage_header
 from ragctx.types import PassageResult
 
 

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ragctx.calibration import check_abstention
 from ragctx.models import LanguageModel
-from ragctx.pipeline.state import PipelineState
+from ragctx.scoring.abstention import check_abstention
 from ragctx.scoring.distraction import DistractionScorer
 from ragctx.scoring.relevance import QueryLikelihoodScorer, embedding_relevance
+from ragctx.state import PipelineState
 
 # Chosen on NQ-20 dev by `benchmarks/label_thresholds.py --n 30`: the threshold that maximises F1 of
 # "holds the answer" over 600 passages. Embedding cosine: F1 0.85 (gold ranked first 90%); query

@@ -105,6 +105,13 @@ def known_stage_names() -> set[str]:
     return set(STAGE_HELP)
 
 
+def check_stage_names(names: list[str]) -> None:
+    """Settings name stages as plain strings (config sits below the registry); the engine checks them here."""
+    unknown = [s for s in names if s not in known_stage_names()]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; known: {sorted(known_stage_names())}")
+
+
 def compression_methods() -> list[str]:
     return ["none", *COMPRESSORS]
 

@@ -1,7 +1,4 @@
-"""The `ragctx prune` command (registered in `ragctx.cli`).
-
-`ragctx.cli` imports this module to register the command, so its helpers are imported inside the function.
-"""
+"""`ragctx prune`: prune a corpus by query-agnostic passage quality (checkpointed, resumable, Ray)."""
 
 from __future__ import annotations
 
@@ -10,9 +7,10 @@ from typing import Annotated
 
 import typer
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML configuration file (or RAGCTX_CONFIG).")]
+from ragctx.cli.common import ConfigOpt, app, console, err, fail, settings_or_exit
 
 
+@app.command("prune", help="Prune a corpus by query-agnostic passage quality (checkpointed, resumable, Ray).")
 def prune_command(
     inputs: Annotated[list[str], typer.Argument(help="JSONL, text or Markdown files, folders or globs.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (pruned corpus, report, checkpoints).")],
@@ -54,7 +52,6 @@ def prune_command(
     """Prune a corpus to its best passages by query-agnostic quality; long jobs checkpoint and resume."""
     from rich.markup import escape
 
-    from ragctx.cli import console, err, fail, settings_or_exit
     from ragctx.indexes.loaders import DocumentFormatError
     from ragctx.jobs.prune import PruneConfig, run_prune
     from ragctx.jobs.ray_engine import RayUnavailable

@@ -1,81 +1,29 @@
-"""Per-model calibrations, stored as JSON in the cache directory and reused.
+"""Calibrations of the attention orders, stored as JSON in the cache directory and reused.
 
-- Abstention check (distracting effect): the scorer must actually abstain on unrelated passages, or DE
-  is noise. Measured on unrelated (question, passage) pairs of the bundled sample.
-- AttnRank positional profile (Yi et al. 2025, algorithms.md §4.2): the attention the last prompt
-  position pays to each of K slots, per layer, averaged over calibration prompts; the layer used is the
-  shallowest whose profile is basin-shaped (edges / middle >= 1.3), else the one with the highest ratio.
+AttnRank positional profile (Yi et al. 2025, algorithms.md §4.2): the attention the last prompt position pays
+to each of K slots, per layer, averaged over calibration prompts; the layer used is the shallowest whose
+profile is basin-shaped (edges / middle >= 1.3), else the one with the highest ratio. Attention bias: the
+attention a content-free passage receives at each slot (for attention sorting's bias correction).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import random
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from ragctx.io import atomic_write
+from ragctx.io import atomic_write, calibration_path, model_slug, read_calibration
 from ragctx.models import LanguageModel
 from ragctx.reordering.prompt import slotted_prompt, template_id
 from ragctx.sample import load_sample
-from ragctx.scoring.distraction import DistractionScorer
 from ragctx.scoring.lm_attention import HeadSelection, question_attention
 from ragctx.types import Passage, PassageResult, Span
 
-ABSTAIN_MAX_MEAN_DE = 0.5  # mean DE on unrelated passages above this: the model ignores the instruction
 BASIN_MIN_EDGE_RATIO = 1.3
-
-
-def model_slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")[-80:] or "model"
-
-
-@dataclass
-class AbstentionCheck:
-    model: str
-    pairs: int
-    mean_de_unrelated: float
-    follows_abstention: bool
-
-
-@functools.lru_cache(maxsize=64)
-def _read_cached(path: str, mtime_ns: int) -> dict[str, Any]:
-    return dict(json.loads(Path(path).read_text()))
-
-
-def read_calibration(path: Path) -> dict[str, Any]:
-    """A stored calibration, parsed once per file version (stages are built per request)."""
-    return dict(_read_cached(str(path), path.stat().st_mtime_ns))
-
-
-def _path(cache_dir: Path, kind: str, name: str) -> Path:
-    return cache_dir.expanduser() / "calibration" / kind / f"{name}.json"
-
-
-def check_abstention(lm: LanguageModel, cache_dir: Path, pairs: int = 16, seed: int = 0) -> AbstentionCheck:
-    """DE of each sample question against another question's gold passage (unrelated by construction)."""
-    path = _path(cache_dir, "abstention", model_slug(lm.name))
-    if path.is_file():
-        return AbstentionCheck(**read_calibration(path))
-    questions, passages = load_sample()
-    rng = random.Random(seed)
-    scorer = DistractionScorer(lm)
-    values: list[float] = []
-    for q in questions[:pairs]:
-        other = rng.choice([x for x in questions if x["gold_id"] != q["gold_id"]])
-        row = passages[str(other["gold_id"])]
-        values += scorer.score(str(q["question"]), [Passage(row["id"], row["text"], row["title"])])
-    mean = sum(values) / len(values)
-    check = AbstentionCheck(lm.name, len(values), mean, mean <= ABSTAIN_MAX_MEAN_DE)
-    with atomic_write(path) as fh:
-        json.dump(asdict(check), fh, indent=1)
-    return check
 
 
 @dataclass
@@ -92,7 +40,7 @@ class AttnRankProfile:
 
 
 def attnrank_path(cache_dir: Path, lm: LanguageModel, k: int) -> Path:
-    return _path(cache_dir, "attnrank", f"{model_slug(lm.name)}-{template_id(lm)}-k{k}")
+    return calibration_path(cache_dir, "attnrank", f"{model_slug(lm.name)}-{template_id(lm)}-k{k}")
 
 
 def edge_ratio(profile: list[float]) -> float:
@@ -177,7 +125,9 @@ def attention_bias_path(
     cache_dir: Path, lm: LanguageModel, k: int, layers: tuple[int, ...] | None, aggregate: str
 ) -> Path:
     tag = "all" if not layers else "-".join(map(str, layers))
-    return _path(cache_dir, "attention-bias", f"{model_slug(lm.name)}-{template_id(lm)}-k{k}-L{tag}-{aggregate}")
+    return calibration_path(
+        cache_dir, "attention-bias", f"{model_slug(lm.name)}-{template_id(lm)}-k{k}-L{tag}-{aggregate}"
+    )
 
 
 def calibrate_attention_bias(

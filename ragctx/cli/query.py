@@ -1,0 +1,115 @@
+"""`ragctx query` and `ragctx compress`: one question against the index, or a batch of caller-given passages."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ragctx.cli.common import (
+    BudgetOpt,
+    ConfigOpt,
+    IndexDirOpt,
+    MethodOpt,
+    RateOpt,
+    app,
+    budget_or_exit,
+    check_method_or_exit,
+    console,
+    err,
+    fail,
+    print_context,
+    settings_or_exit,
+)
+from ragctx.registry import SOFT_METHODS, soft_method_error, text_method
+
+
+@app.command()
+def query(
+    question: Annotated[str, typer.Argument(help="The question.")],
+    budget: BudgetOpt = None,
+    rate: RateOpt = None,
+    method: MethodOpt = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", "-k", help="Passages to retrieve.")] = None,
+    stages: Annotated[str | None, typer.Option("--stages", help="Comma-separated stage list.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the CompressedContext as JSON.")] = False,
+    answer: Annotated[
+        bool, typer.Option("--answer", help="Also answer with the local reader (needed for --method compllm).")
+    ] = False,
+    config: ConfigOpt = None,
+    index_dir: IndexDirOpt = None,
+) -> None:
+    """Retrieve passages for a question and print the budgeted context with its provenance."""
+    from ragctx.engine import ContextEngine
+
+    stage_list = [x.strip() for x in stages.split(",") if x.strip()] if stages else None
+    s = settings_or_exit(config, index_dir=index_dir, top_k=top_k, stages=stage_list)
+    b = budget_or_exit(s, budget, rate)
+    # Bad arguments fail (exit 2) before anything is loaded or read, index included.
+    check_method_or_exit(method)
+    if method in SOFT_METHODS and not answer:
+        fail(soft_method_error(method), 2)
+    engine = ContextEngine(s)
+    if engine.retriever is None:
+        where = s.resolved_index_dir()
+        fail(f"no index at {where}; build one with `ragctx index build PATH` or run `ragctx demo`")
+    try:
+        ctx = engine.run(question, method=text_method(method), budget=b)
+        reply = engine.answer_locally(question, ctx, method) if answer else None
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc), 2)
+        return
+    if as_json:
+        out = ctx.to_dict() | ({"answer": reply.text} if reply else {})
+        sys.stdout.write(json.dumps(out, ensure_ascii=False, indent=2) + "\n")
+        return
+    print_context(ctx)
+    if reply is not None:
+        console.print(f"[bold]answer[/] ({reply.prompt_tokens} prompt positions): {reply.text}", highlight=False)
+
+
+@app.command()
+def compress(
+    input: Annotated[Path, typer.Option("--input", "-i", help="JSONL: {question, passages:[{id,title,text}]}.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="JSONL of CompressedContext, one per line.")],
+    method: MethodOpt = None,
+    budget: BudgetOpt = None,
+    rate: RateOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Compress caller-given passages in batch (no retrieval); models load once. Without --method, the
+    default chain (the dev bench's best); without --budget or --rate, the default rate (`ragctx config`)."""
+    from tqdm import tqdm
+
+    from ragctx.batch import InputError, read_requests
+    from ragctx.engine import ContextEngine
+    from ragctx.io import atomic_write
+
+    s = settings_or_exit(config)
+    b = budget_or_exit(s, budget, rate)
+    check_method_or_exit(method)
+    if not input.is_file():
+        fail(f"input file {input} does not exist")
+    try:
+        requests = list(read_requests(input))  # validate everything before any work or output
+    except (InputError, UnicodeDecodeError) as exc:
+        fail(str(exc))
+        return
+    engine = ContextEngine(s)
+    check_method_or_exit(method)
+    tokens_in = tokens_out = 0
+    try:
+        with atomic_write(output) as fh:
+            for req in tqdm(requests, desc="compress", unit="q", disable=len(requests) < 2):
+                ctx = engine.run(req.question, req.passages, method, b)
+                tokens_in += ctx.tokens_in
+                tokens_out += ctx.tokens_out
+                fh.write(json.dumps(ctx.to_dict(), ensure_ascii=False) + "\n")
+    except (ValueError, FileNotFoundError) as exc:  # the output was never renamed into place
+        fail(str(exc), 2)
+        return
+    ratio = tokens_out / tokens_in if tokens_in else 1.0
+    err.print(f"wrote {len(requests)} contexts to {output}: {tokens_in} -> {tokens_out} tokens ({ratio:.2f})")

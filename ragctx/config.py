@@ -18,6 +18,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from ragctx.state import Budget
+
 # The default chain is the one `ragctx bench` measured best on NQ-20 dev at rates 0.25, 0.1 and 0.05
 # (docs/benchmarks.md, "The default"; tests/test_defaults.py holds the two together).
 DEFAULT_METHOD = "embed-passages+ehpc"
@@ -246,6 +248,13 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: Any) -> Any:
         # docker-compose's `${VAR:-}` gives an empty string for an unset variable.
         return None if value == "" else value
+
+    def default_budget(self) -> Budget:
+        """What a request that asks for no budget or rate keeps: the configured budget or rate, else
+        `default_rate` of the tokens (an explicit `Budget()` from Python still means "no limit")."""
+        if self.budget_tokens is None and self.rate is None:
+            return Budget(rate=self.default_rate)
+        return Budget(tokens=self.budget_tokens, rate=self.rate)
 
     def resolved_cache_dir(self) -> Path:
         return self.cache_dir.expanduser()

@@ -129,12 +129,7 @@ class ContextEngine:
         return LocalAnswer(text, positions, completion)
 
     def default_budget(self) -> Budget:
-        """What a request that asks for no budget or rate keeps: the settings' budget or rate, else
-        `default_rate` of the tokens (an explicit `Budget()` from Python still means "no limit")."""
-        s = self.settings
-        if s.budget_tokens is None and s.rate is None:
-            return Budget(rate=s.default_rate)
-        return Budget(tokens=s.budget_tokens, rate=s.rate)
+        return self.settings.default_budget()
 
     def stages_for(self, passages_given: bool, stages: list[str] | None = None) -> list[str]:
         """The one rule every interface uses: passages given by the caller replace retrieval (the other

@@ -51,12 +51,9 @@ def compress(
     default rate. Threshold and budget together: the threshold selects first, then the budget caps.
     An empty `passages` gives an empty context whose stats say why.
     """
-    eng = _engine(engine)
-    if target_tokens is None and rate is None and threshold is None:
-        budget = eng.default_budget()
-    else:
-        budget = Budget(tokens=target_tokens, rate=rate, threshold=threshold)
-    return eng.run(question, _passages(passages), method=method, budget=budget)
+    asked = target_tokens is not None or rate is not None or threshold is not None
+    budget = Budget(tokens=target_tokens, rate=rate, threshold=threshold) if asked else None  # None: the default
+    return _engine(engine).run(question, _passages(passages), method=method, budget=budget)
 
 
 def compress_prompt(

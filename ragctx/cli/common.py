@@ -78,9 +78,7 @@ def budget_or_exit(settings: Settings, budget: int | None, rate: float | None) -
     try:
         if budget is not None or rate is not None:
             return Budget(tokens=budget, rate=rate)
-        if settings.budget_tokens is None and settings.rate is None:
-            return Budget(rate=settings.default_rate)
-        return Budget(tokens=settings.budget_tokens, rate=settings.rate)
+        return settings.default_budget()
     except ValueError as exc:
         fail(str(exc), 2)
         raise

@@ -46,14 +46,14 @@ from typing import Any
 
 import torch
 
-from ragctx.compressors.baselines import EmbeddingPassageFilter
-from ragctx.compressors.ehpc import EHPCScorer
-from ragctx.compressors.evaluator_heads import load_heads
+from ragctx.compressors.ehpc import EHPCScorer, layout_chunk
+from ragctx.compressors.embed_passages import EmbeddingPassageFilter
+from ragctx.compressors.evaluator_heads import QUESTION_PREFIX, load_heads
 from ragctx.compressors.selection import CompressStage, Granularity, Unit, make_units
-from ragctx.config import load_settings
 from ragctx.engine import ContextEngine
 from ragctx.evaluation.data import find_nq20, load_nq20
 from ragctx.evaluation.metrics import has_answer
+from ragctx.settings import load_settings
 from ragctx.state import Budget, PipelineState, render
 
 ORDERS = ("orig", "asc", "desc")  # pipeline order; most relevant last (next to the question); first
@@ -71,60 +71,25 @@ class Fixed:
         return [self.table[(u.passage_index, u.start, u.end)] for u in units]
 
 
-class RecordingEHPC(EHPCScorer):
-    """EHPCScorer that lays passages out in a given order and records the raw mass of the prefill.
-
-    `answer_cue` is appended after the question and `cue_window` (if set) narrows the attending window
-    to the last positions: the attention of the position about to answer, instead of the question's.
-    """
-
-    order: list[int] | None = None
-    record: list[dict[str, Any]]
-    answer_cue: str = ""
-    cue_window: int | None = None
-
-    def score(self, state: PipelineState, units: Sequence[Unit]) -> list[float]:
-        self.record = []
-        by_passage: dict[int, list[int]] = {}
-        for i, u in enumerate(units):
-            by_passage.setdefault(u.passage_index, []).append(i)
-        order = self.order if self.order is not None else sorted(by_passage)
-        scores = [0.0] * len(units)
-        # one chunk (NQ-20 contexts after the prefilter are far below chunk_tokens)
-        self._score_chunk(state, units, by_passage, [p for p in order if p in by_passage], scores)
-        self.record[-1]["unit_ranges"] = layout_ranges(state, units, by_passage, [p for p in order if p in by_passage])
-        return scores
-
-    def _mass_full_prefill(self, context: str, question: str) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-        mass, offsets = super()._mass_full_prefill(context, question + self.answer_cue)
-        self.record.append({"context": context, "mass": [round(float(x), 7) for x in mass], "offsets": offsets})
-        return mass, offsets
-
-    def _query_window(self, offsets: list[tuple[int, int]], context_chars: int) -> int:
-        return self.cue_window or super()._query_window(offsets, context_chars)
-
-
-def layout_ranges(
-    state: PipelineState, units: Sequence[Unit], by_passage: dict[int, list[int]], passages: list[int]
-) -> list[tuple[int, int]]:
-    """The character range of every unit in the EHPC context (same layout as EHPCScorer._score_chunk)."""
-    unit_range: dict[int, tuple[int, int]] = {}
-    cursor = 0
-    for p in passages:
-        result = state.passages[p]
-        header = f"Document (Title: {result.passage.title}) " if result.passage.title else "Document: "
-        at = cursor + len(header)
-        size = len(header)
-        for span in result.spans:
-            for i in by_passage[p]:
-                u = units[i]
-                if span.start <= u.start and u.end <= span.end:
-                    unit_range[i] = (at + u.start - span.start, at + u.end - span.start)
-            piece_len = span.end - span.start + 1
-            at += piece_len
-            size += piece_len
-        cursor += size + 1
-    return [unit_range[i] for i in range(len(units))]
+def scores_in_order(
+    scorer: EHPCScorer, state: PipelineState, units: Sequence[Unit], order: list[int]
+) -> tuple[list[float], dict[str, Any]]:
+    """EHPC's unit scores with the passages laid out in `order` (one chunk: NQ-20 contexts after the
+    prefilter are far below chunk_tokens), and the raw mass of the prefill, through EHPCScorer's public
+    layout, prefill and pooling (the scorer's `query_suffix` / `query_window` set the answer cue)."""
+    by_passage: dict[int, list[int]] = {}
+    for i, u in enumerate(units):
+        by_passage.setdefault(u.passage_index, []).append(i)
+    layout = layout_chunk(state, units, by_passage, [p for p in order if p in by_passage])
+    mass, offsets = scorer.prefill_mass(layout.context, QUESTION_PREFIX + state.question + scorer.query_suffix)
+    per_unit = scorer.unit_scores(mass, offsets, layout.unit_ranges)
+    record = {
+        "context": layout.context,
+        "mass": [round(float(x), 7) for x in mass],
+        "offsets": offsets,
+        "unit_ranges": [layout.unit_ranges[i] for i in range(len(units))],
+    }
+    return [per_unit.get(i, 0.0) for i in range(len(units))], record
 
 
 def fresh_state(q: Any, counter: Any, rate: float) -> PipelineState:
@@ -136,6 +101,7 @@ def fresh_state(q: Any, counter: Any, rate: float) -> PipelineState:
 
 def collect(args: argparse.Namespace) -> None:
     settings = load_settings()
+    ehpc = settings.ehpc
     eng = ContextEngine(settings)
     counter = eng.counter
     lm = eng.models.scorer()
@@ -196,22 +162,21 @@ def collect(args: argparse.Namespace) -> None:
                 by_rel = sorted(kept, key=lambda p: emb[p])  # least relevant first
                 order = {"orig": sorted(kept), "asc": by_rel, "desc": by_rel[::-1]}[order_name]
                 # the attention-only EHPC of HEAD (mean per unit, no passage prior): its scores are cached
-                scorer = RecordingEHPC(
+                scorer = EHPCScorer(
                     lm,
                     heads,
-                    settings.ehpc_granularity,
-                    settings.ehpc_pool,
-                    settings.ehpc_chunk_tokens,
+                    ehpc.granularity,
+                    ehpc.pool,
+                    ehpc.chunk_tokens,
                     unit_score="mean",
                     passage_prior=0.0,
+                    query_suffix=args.answer_cue.replace("\\n", "\n"),
+                    query_window=args.cue_window,
                 )
-                scorer.order = order
-                scorer.answer_cue = args.answer_cue.replace("\\n", "\n")
-                scorer.cue_window = args.cue_window
                 t0 = time.perf_counter()
-                scores = scorer.score(state, units) if units else []
+                empty: dict[str, Any] = {"mass": [], "offsets": [], "unit_ranges": [], "context": ""}
+                scores, r = scores_in_order(scorer, state, units, order) if units else ([], empty)
                 ms = (time.perf_counter() - t0) * 1000
-                r = scorer.record[-1] if units else {"mass": [], "offsets": [], "unit_ranges": [], "context": ""}
                 layouts[order_name] = {
                     "order": order,
                     "scores": scores,

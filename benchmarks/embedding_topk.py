@@ -24,10 +24,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ragctx.config import load_settings
 from ragctx.engine import ContextEngine
 from ragctx.evaluation.data import find_nq20, load_nq20
 from ragctx.evaluation.metrics import has_answer, median_p90
+from ragctx.settings import load_settings
 from ragctx.state import Budget
 
 

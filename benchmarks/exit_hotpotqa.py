@@ -13,9 +13,9 @@ from pathlib import Path
 from ragctx.compressors.exit import DEFAULT_TAU, ExitLMScorer
 from ragctx.compressors.exit_training import hotpotqa_passages, hotpotqa_rows
 from ragctx.compressors.selection import Unit
-from ragctx.config import load_settings
 from ragctx.evaluation.data import find_nq20
 from ragctx.models import ModelRegistry
+from ragctx.settings import load_settings
 from ragctx.state import PipelineState
 
 

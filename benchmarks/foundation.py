@@ -13,13 +13,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from ragctx.config import load_settings
 from ragctx.engine import ContextEngine
 from ragctx.evaluation.data import find_nq20
 from ragctx.evaluation.metrics import median_p90
 from ragctx.indexes.faiss_index import FaissIndex
 from ragctx.indexes.loaders import read_documents
 from ragctx.models import load_embedder, load_lm
+from ragctx.settings import load_settings
 from ragctx.state import Budget
 
 

@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ragctx.config import load_settings
 from ragctx.evaluation.data import find_nq20, load_nq20
 from ragctx.indexes.faiss_index import FaissIndex, embedding_text
 from ragctx.io import atomic_write, save_figure
 from ragctx.models import load_embedder
 from ragctx.sample import load_sample
+from ragctx.settings import load_settings
 from ragctx.types import Passage
 
 

@@ -12,10 +12,10 @@ import json
 
 from tqdm import tqdm
 
-from ragctx.config import load_settings
 from ragctx.evaluation.data import find_nq20, load_nq20
 from ragctx.models import ModelRegistry
 from ragctx.scoring.relevance import QueryLikelihoodScorer, embedding_relevance
+from ragctx.settings import load_settings
 
 
 def best_threshold(scores: list[float], gold: list[bool]) -> tuple[float, float]:

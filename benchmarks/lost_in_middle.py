@@ -37,7 +37,8 @@ from ragctx.evaluation.data import Question, find_nq20, load_nq20  # noqa: E402
 from ragctx.evaluation.metrics import has_answer, roc_auc  # noqa: E402
 from ragctx.models import LanguageModel, ModelNotFoundError, load_lm  # noqa: E402
 from ragctx.reader import LocalReader  # noqa: E402
-from ragctx.reordering.attention import AttentionSortStage, AttnRankStage  # noqa: E402
+from ragctx.reordering.attention_sort import AttentionSortStage  # noqa: E402
+from ragctx.reordering.attnrank import AttnRankStage  # noqa: E402
 from ragctx.reordering.calibration import attnrank_path, calibrate_attnrank  # noqa: E402
 from ragctx.reordering.orders import ReorderStage  # noqa: E402
 from ragctx.scoring.abstention import check_abstention  # noqa: E402

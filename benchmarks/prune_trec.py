@@ -24,11 +24,11 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from ragctx.config import load_settings
 from ragctx.jobs.prune import PruneConfig, run_prune
 from ragctx.jobs.select import PassageScore, select
 from ragctx.jobs.shards import ShardStore
 from ragctx.models import ModelRegistry
+from ragctx.settings import load_settings
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "trec_dl"
 KEEPS = (0.9, 0.75, 0.5)

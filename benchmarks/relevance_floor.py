@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ragctx.config import load_settings
 from ragctx.evaluation.data import find_nq20, load_nq20
 from ragctx.io import atomic_write, save_figure
 from ragctx.models import ModelRegistry
+from ragctx.settings import load_settings
 
 
 def main() -> None:

@@ -83,9 +83,9 @@ def timed(fn: Callable[[], Any], lm: LanguageModel | None = None) -> tuple[float
 
 def quality(models: Any, questions: list[Any], n: int, rate: float) -> dict[str, Any]:
     """Answer recall of EHPC at `rate` with cached segments and with one full prefill per request."""
-    from ragctx.config import load_settings
     from ragctx.engine import ContextEngine
     from ragctx.evaluation.metrics import has_answer
+    from ragctx.settings import load_settings
     from ragctx.state import Budget
 
     out: dict[str, Any] = {"rate": rate, "questions": n}
@@ -126,8 +126,8 @@ def main() -> None:
     if args.model is not None:
         lm = load_lm(args.model, args.cache_dir or Path.home() / ".cache" / "ragctx", args.device)
     else:
-        from ragctx.config import load_settings
         from ragctx.models import ModelRegistry
+        from ragctx.settings import load_settings
 
         models = ModelRegistry(load_settings())
         lm = models.scorer()

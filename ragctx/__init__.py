@@ -15,9 +15,9 @@ from ragctx.types import CompressedContext, Passage, PassageResult, Span, StageS
 from ragctx.version import __version__
 
 if TYPE_CHECKING:
-    from ragctx.config import Settings
     from ragctx.engine import ContextEngine
     from ragctx.frontdoor import compress, compress_prompt
+    from ragctx.settings import Settings, load_settings
 
 __all__ = [
     "__version__",
@@ -30,13 +30,15 @@ __all__ = [
     "StageStats",
     "compress",
     "compress_prompt",
+    "load_settings",
 ]
 
 _LAZY = {
     "compress": "ragctx.frontdoor",
     "compress_prompt": "ragctx.frontdoor",
     "ContextEngine": "ragctx.engine",
-    "Settings": "ragctx.config",
+    "Settings": "ragctx.settings",
+    "load_settings": "ragctx.settings",
 }
 
 

@@ -1,6 +1,9 @@
 """Configuration: environment variables `RAGCTX_*`, then a TOML file, then the defaults below.
 
-Every field's description is its documentation (README's configuration table is generated from it by
+`CoreSettings` holds what belongs to no one method (models, index, budget, cache, service). Each method
+brings its own section (`[ehpc] pool = 5`, `RAGCTX_EHPC__POOL=5`), declared in its module; the full
+`Settings` class, core plus every registered method's section, is assembled in `ragctx/settings.py`.
+Every field's description is its documentation (docs/configuration.md is generated from it by
 `ragctx config --markdown`).
 """
 
@@ -8,9 +11,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -27,16 +30,35 @@ DEFAULT_STAGES = ["retrieve", "dedup", *DEFAULT_METHOD.split("+")]
 # With neither a budget nor a rate from the caller or the settings: the smallest bench rate whose answer
 # recall is within one point of the whole context's.
 DEFAULT_RATE = 0.25
-# Titled MiniLM cosine below which a passage is not relevant to the question (see `relevance_floor`).
-DEFAULT_RELEVANCE_FLOOR = 0.18
+
+# Keys that moved into a method's section (0.1 -> 0.2): named in the error instead of silently ignored.
+RENAMED_KEYS = {
+    "relevance_floor": "embed_passages.floor",
+    "ehpc_granularity": "ehpc.granularity",
+    "ehpc_pool": "ehpc.pool",
+    "ehpc_unit_score": "ehpc.unit_score",
+    "ehpc_passage_prior": "ehpc.passage_prior",
+    "ehpc_chunk_tokens": "ehpc.chunk_tokens",
+    "exit_model": "exit.model",
+    "relevance_source": "label.relevance_source",
+    "relevance_threshold": "label.relevance_threshold",
+    "de_threshold": "label.de_threshold",
+    "distractor_policy": "label.distractor_policy",
+    "attention_sort_rounds": "attention_sort.rounds",
+    "attention_layers": "attention_sort.layers",
+    "attention_debias": "attention_sort.debias",
+    "attention_aggregate": "attention_sort.aggregate",
+}
 
 
 class ConfigError(ValueError):
     """Invalid configuration; the message names the offending key."""
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RAGCTX_", extra="forbid", validate_default=True)
+class CoreSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RAGCTX_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
 
     cache_dir: Path = Field(
         default=Path("~/.cache/ragctx"),
@@ -105,14 +127,6 @@ class Settings(BaseSettings):
         "compressed to this rate (1 keeps everything): the smallest dev-bench rate within one point of the "
         "whole context's answer recall.",
     )
-    relevance_floor: float = Field(
-        default=DEFAULT_RELEVANCE_FLOOR,
-        ge=-1.0,
-        le=1.0,
-        description="`embed-passages`: a passage whose titled embedding cosine to the question is below this never "
-        "enters the context, even with budget left (a budget is a ceiling, not a target); -1 turns it off. Calibrated "
-        "on NQ-20 dev (`benchmarks/relevance_floor.py`, docs/benchmarks.md).",
-    )
     prefilter_scale: float = Field(
         default=2.0,
         ge=1.0,
@@ -124,63 +138,12 @@ class Settings(BaseSettings):
         le=1.0,
         description="Jaccard similarity of word 3-shingles above which a passage is a near-duplicate.",
     )
-    ehpc_granularity: Literal["token", "word", "sentence"] = Field(
-        default="sentence", description="What EHPC keeps or drops: tokens, words or sentences."
-    )
-    ehpc_pool: int = Field(default=5, ge=1, description="EHPC: window of the average pooling over token scores.")
-    ehpc_unit_score: Literal["sum", "mean"] = Field(
-        default="sum",
-        description="EHPC: a word's or sentence's score is the total (`sum`) or mean (`mean`) pooled attention "
-        "of its tokens.",
-    )
-    ehpc_passage_prior: float = Field(
-        default=10.0,
-        ge=0.0,
-        description="EHPC after a passage scorer (`embed-passages+ehpc`): unit score = log(attention) + this "
-        "times the passage's embedding cosine to the question; 0 = attention only.",
-    )
-    ehpc_chunk_tokens: int = Field(
-        default=4096, ge=256, description="EHPC scores passages in chunks of at most this many tokens."
-    )
-    exit_model: str | None = Field(
-        default=None,
-        description="EXIT classifier trained by `ragctx train exit` (a folder); none = the scorer LM zero-shot.",
-    )
     force_keep_numbers: bool = Field(default=False, description="Compressors always keep units with digits.")
     force_keep_first_sentence: bool = Field(
         default=False, description="Compressors always keep each passage's first sentence."
     )
     force_keep_strings: list[str] = Field(
         default_factory=list, description="Compressors always keep units overlapping these strings."
-    )
-    relevance_source: Literal["lm", "embedding"] = Field(
-        default="embedding",
-        description="Relevance for labels: `lm` (query likelihood under the scorer) or `embedding` (cosine).",
-    )
-    relevance_threshold: float | None = Field(
-        default=None,
-        description="Relevance at or above which a passage is `relevant`; none = the dev-tuned default.",
-    )
-    de_threshold: float = Field(
-        default=0.8,
-        ge=0.0,
-        le=1.0,
-        description="Distracting effect at or above which a non-relevant passage is `distracting`.",
-    )
-    distractor_policy: Literal["keep", "drop", "demote"] = Field(
-        default="keep",
-        description="What `label` does with distracting passages: keep, drop, or rank them last.",
-    )
-    attention_sort_rounds: int = Field(default=1, ge=1, le=10, description="Rounds of attention sorting.")
-    attention_layers: list[int] | None = Field(
-        default=None, description="Layers whose attention sorts passages; none = all layers."
-    )
-    attention_debias: bool = Field(
-        default=False,
-        description="Attention sorting subtracts each slot's positional bias (`ragctx calibrate attention-bias`).",
-    )
-    attention_aggregate: Literal["sum", "mean"] = Field(
-        default="sum", description="Passage attention: total mass (`sum`) or per-token mean (`mean`)."
     )
     seed: int = Field(default=0, description="Seed of every random choice (shuffle, random drop).")
     # ---- the segment cache (keys/values of the scorer LM per passage, CompLLM concepts) ----
@@ -263,23 +226,47 @@ class Settings(BaseSettings):
         return self.index_dir.expanduser()
 
 
+def env_name(key: str) -> str:
+    """`ehpc.pool` -> `RAGCTX_EHPC__POOL`."""
+    return "RAGCTX_" + key.replace(".", "__").upper()
+
+
+def toml_name(key: str) -> str:
+    """`ehpc.pool` -> `[ehpc] pool`."""
+    head, _, leaf = key.rpartition(".")
+    return f"[{head}] {leaf}" if head else key
+
+
 def _describe_error(err: dict[str, Any], toml_file: str | None) -> str:
-    key = str(err["loc"][0]) if err.get("loc") else "stages"
-    where = f"RAGCTX_{key.upper()}"
+    key = ".".join(str(x) for x in err["loc"]) if err.get("loc") else "stages"
+    where = env_name(key)
     if toml_file:
-        where += f" or `{key}` in {toml_file}"
+        where += f" or `{toml_name(key)}` in {toml_file}"
     got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
     return f"{key} ({where}): {err['msg']}{got}"
 
 
-def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
-    """Settings from overrides > environment > TOML file (`config_file` or `RAGCTX_CONFIG`) > defaults."""
+def _renamed(key: str) -> str:
+    new = RENAMED_KEYS[key]
+    return f"`{key}` is now `{new}` ({env_name(new)}, or `{toml_name(new)}` in the TOML file)"
+
+
+SettingsT = TypeVar("SettingsT", bound=CoreSettings)
+
+
+def load_settings_of(cls: type[SettingsT], config_file: str | Path | None = None, **overrides: Any) -> SettingsT:
+    """`cls` from overrides > environment > TOML file (`config_file` or `RAGCTX_CONFIG`) > defaults."""
     toml_file = str(config_file) if config_file else os.environ.get("RAGCTX_CONFIG")
     if toml_file and not Path(toml_file).is_file():
         raise ConfigError(f"config file {toml_file} does not exist")
+    moved = [k for k in RENAMED_KEYS if k in overrides or env_name(k) in os.environ]
+    if moved:
+        raise ConfigError("renamed setting(s): " + "; ".join(_renamed(k) for k in moved))
 
-    class _FileSettings(Settings):
-        model_config = SettingsConfigDict(env_prefix="RAGCTX_", extra="ignore", validate_default=True)
+    class _FileSettings(cls):  # type: ignore[valid-type,misc]
+        model_config = SettingsConfigDict(
+            env_prefix="RAGCTX_", env_nested_delimiter="__", extra="ignore", validate_default=True
+        )
 
         @classmethod
         def settings_customise_sources(
@@ -296,15 +283,16 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
             return tuple(sources)
 
     if toml_file:
-        _reject_unknown_toml_keys(toml_file)
+        _reject_unknown_toml_keys(toml_file, cls)
     try:
-        return _FileSettings(**{k: v for k, v in overrides.items() if v is not None})
+        loaded: SettingsT = _FileSettings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         lines = [_describe_error(dict(e), toml_file) for e in exc.errors()]
         raise ConfigError("invalid configuration: " + "; ".join(lines)) from None
+    return loaded
 
 
-def _reject_unknown_toml_keys(toml_file: str) -> None:
+def _reject_unknown_toml_keys(toml_file: str, cls: type[CoreSettings]) -> None:
     import tomllib
 
     try:
@@ -312,15 +300,30 @@ def _reject_unknown_toml_keys(toml_file: str) -> None:
             data = tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {toml_file} is not valid TOML: {exc}") from None
-    unknown = sorted(set(data) - set(Settings.model_fields))
+    moved = sorted(set(data) & set(RENAMED_KEYS))
+    if moved:
+        raise ConfigError(f"renamed setting(s) in {toml_file}: " + "; ".join(_renamed(k) for k in moved))
+    unknown = sorted(set(data) - set(cls.model_fields))
     if unknown:
-        raise ConfigError(f"unknown key(s) {unknown} in {toml_file}; known: {sorted(Settings.model_fields)}")
+        raise ConfigError(f"unknown key(s) {unknown} in {toml_file}; known: {sorted(cls.model_fields)}")
 
 
-def settings_markdown() -> str:
-    """The configuration table of README, from the fields themselves."""
+def _default_of(f: Any) -> Any:
+    return f.default_factory() if f.default_factory else f.default
+
+
+def settings_markdown(cls: type[CoreSettings]) -> str:
+    """The configuration table of docs/configuration.md, from the fields themselves: core keys, then each
+    method's section."""
     rows = ["| key | environment | default | meaning |", "|---|---|---|---|"]
-    for name, f in Settings.model_fields.items():
-        default = f.default_factory() if f.default_factory else f.default  # type: ignore[call-arg]
-        rows.append(f"| `{name}` | `RAGCTX_{name.upper()}` | `{default}` | {f.description} |")
+    sections = []
+    for name, f in cls.model_fields.items():
+        if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel):
+            sections.append((name, f.annotation))
+            continue
+        rows.append(f"| `{name}` | `{env_name(name)}` | `{_default_of(f)}` | {f.description} |")
+    for name, model in sections:
+        for key, f in model.model_fields.items():
+            dotted = f"{name}.{key}"
+            rows.append(f"| `{toml_name(dotted)}` | `{env_name(dotted)}` | `{_default_of(f)}` | {f.description} |")
     return "\n".join(rows)

@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ragctx.compressors.selection import CompressStage
-from ragctx.config import Settings, load_settings
 from ragctx.models import ModelRegistry
 from ragctx.pipeline.base import Pipeline
 from ragctx.reader import LocalAnswer, LocalReader, qa_prompt
 from ragctx.registry import SOFT_METHODS, StageFactory, check_stage_names, with_method
 from ragctx.segmentation import TokenCounter
+from ragctx.settings import Settings, load_settings
 from ragctx.state import Budget
 from ragctx.types import CompressedContext, Passage, StageStats
 

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from ragctx.config import Settings
+    from ragctx.config import CoreSettings
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ def load_tokenizer(spec: str, cache_dir: Path) -> PreTrainedTokenizerBase:
 class ModelRegistry:
     """Loads each model on first use and keeps it; the CLI, the API and the bench share one registry."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: CoreSettings) -> None:
         self.settings = settings
         self._lock = threading.Lock()
         self._loaded: dict[str, Any] = {}

@@ -1,91 +1,75 @@
-"""Stage names and how each is built. Later methods register here, and only here."""
+"""Every stage and method by name, in one place: one line each (third-party methods through the
+`ragctx.methods` entry-point group). Names, help, settings sections and docs all come from these
+declarations (ragctx/method.py; docs/adding-a-method.md)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib.metadata
+import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
-from ragctx.compressors.baselines import (
-    EmbeddingPassageFilter,
-    RandomSentenceDrop,
-    SentenceBudget,
-    Truncation,
-)
-from ragctx.compressors.selection import CompressStage, ForceKeep, UnitScorer
-from ragctx.reordering.orders import ORDER_NAMES, ReorderStage
+from ragctx.compressors import budget, ehpc, embed_passages, random_drop, truncate
+from ragctx.compressors import exit as exit_method
+from ragctx.compressors.selection import CompressStage, ForceKeep
+from ragctx.method import BuildContext, Method, section
+from ragctx.pipeline.stages import DEDUP, RETRIEVE
+from ragctx.reordering import attention_sort, attnrank, orders
+from ragctx.scoring import labels
 
 if TYPE_CHECKING:
-    from ragctx.cache import SegmentCache
-    from ragctx.config import Settings
-    from ragctx.indexes.base import Retriever
-    from ragctx.models import ModelRegistry
     from ragctx.pipeline.base import Stage
-    from ragctx.segmentation import TokenCounter
+
+log = logging.getLogger(__name__)
+
+# In the order `ragctx stages` lists them.
+BUILTIN: tuple[Method[Any], ...] = (
+    RETRIEVE,
+    DEDUP,
+    orders.LIM_LANGCHAIN,
+    orders.LIM_LLAMAINDEX,
+    orders.INVERSE,
+    orders.SHUFFLE,
+    labels.METHOD,
+    attention_sort.METHOD,
+    attnrank.METHOD,
+    budget.METHOD,
+    truncate.METHOD,
+    random_drop.METHOD,
+    embed_passages.METHOD,
+    ehpc.METHOD,
+    exit_method.METHOD,
+)
+
+ENTRY_POINT_GROUP = "ragctx.methods"
 
 
-def _ehpc(f: StageFactory) -> UnitScorer:
-    from ragctx.compressors.ehpc import EHPCScorer
-    from ragctx.compressors.evaluator_heads import load_heads
-
-    lm = f.models.scorer()
-    s = f.settings
-    segments = None
-    if s.segment_kv and f.segment_cache is not None:
-        from ragctx.scoring.segment_kv import SegmentKVCache
-
-        segments = SegmentKVCache(lm, f.segment_cache)
-    heads = load_heads(s.resolved_cache_dir(), lm)
-    return EHPCScorer(
-        lm,
-        heads,
-        s.ehpc_granularity,
-        s.ehpc_pool,
-        s.ehpc_chunk_tokens,
-        segments,
-        unit_score=s.ehpc_unit_score,
-        passage_prior=s.ehpc_passage_prior,
-    )
+@cache
+def methods() -> dict[str, Method[Any]]:
+    """Built-in methods, then those of installed packages (entry points in `ragctx.methods`, each a `Method`)."""
+    out = {m.name: m for m in BUILTIN}
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        method = ep.load()
+        if not isinstance(method, Method):
+            raise TypeError(f"entry point {ep.name!r} ({ep.value}) of group {ENTRY_POINT_GROUP} is not a ragctx Method")
+        if method.name in out:
+            raise ValueError(f"method {method.name!r} from entry point {ep.value} clashes with one already registered")
+        out[method.name] = method
+    return out
 
 
-def _exit(f: StageFactory) -> UnitScorer:
-    from ragctx.compressors.exit import ExitCrossEncoderScorer, ExitLMScorer
+def stages_markdown() -> str:
+    """README's stage table, from the declarations."""
+    rows = ["| stage | kind | what it does | settings |", "|---|---|---|---|"]
+    for m in methods().values():
+        keys = ", ".join(f"`{k}`" for k in m.settings.model_fields)
+        rows.append(f"| `{m.name}` | {m.kind} | {m.help} | {f'`[{m.section}]` ' + keys if keys else ''} |")
+    return "\n".join(rows)
 
-    if f.settings.exit_model:
-        return ExitCrossEncoderScorer(f.models.exit_classifier(f.settings.exit_model))
-    return ExitLMScorer(f.models.scorer())
 
-
-# Compression methods: name -> how to build its scorer. Selection is shared (CompressStage).
-COMPRESSORS: dict[str, Callable[[StageFactory], UnitScorer]] = {
-    "budget": lambda f: SentenceBudget(),
-    "truncate": lambda f: Truncation(),
-    "random-drop": lambda f: RandomSentenceDrop(),
-    "embed-passages": lambda f: EmbeddingPassageFilter(
-        f.models.embedder(), floor=f.settings.relevance_floor if f.settings.relevance_floor > -1 else None
-    ),
-    "ehpc": _ehpc,
-    "exit": _exit,
-}
-
-STAGE_HELP: dict[str, str] = {
-    "retrieve": "top-k passages from the index (skipped when the caller gives passages)",
-    "dedup": "drop near-duplicate passages (word 3-shingle Jaccard >= dedup_threshold)",
-    "reorder-lim-langchain": "lost in the middle, LangChain's rule (input order = relevance)",
-    "reorder-lim-llamaindex": "lost in the middle, LlamaIndex's rule (sorts by retrieval score)",
-    "reorder-inverse": "reverse the order: the best passage ends next to the question",
-    "reorder-shuffle": "seeded random order",
-    "label": "label passages relevant / distracting / irrelevant (relevance + distracting effect); policy",
-    "attention-sort": "attention sorting: most-attended passage last, next to the question (k rounds)",
-    "attnrank": "AttnRank: most relevant passage into the model's most attended slot (calibrated profile)",
-    "budget": "keep whole sentences in order until the budget is spent",
-    "truncate": "keep the first tokens (cuts mid-sentence)",
-    "random-drop": "keep random sentences within the budget (seeded)",
-    "embed-passages": "keep whole passages by embedding cosine to the question within the budget, best first; "
-    "none below relevance_floor",
-    "ehpc": "evaluator-head token compression: question attention through calibrated early heads",
-    "exit": "EXIT: keep sentences the classifier finds useful (P(Yes) >= tau, default 0.5) or the best in budget",
-}
+def compressors() -> dict[str, Method[Any]]:
+    return {n: m for n, m in methods().items() if m.kind == "compressor"}
 
 
 # Methods whose output is not text but embeddings that only a local target model can read.
@@ -102,18 +86,18 @@ def soft_method_error(method: str) -> str:
 
 
 def known_stage_names() -> set[str]:
-    return set(STAGE_HELP)
+    return set(methods())
 
 
 def check_stage_names(names: list[str]) -> None:
     """Settings name stages as plain strings (config sits below the registry); the engine checks them here."""
-    unknown = [s for s in names if s not in known_stage_names()]
+    unknown = [s for s in names if s not in methods()]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; known: {sorted(known_stage_names())}")
 
 
 def compression_methods() -> list[str]:
-    return ["none", *COMPRESSORS]
+    return ["none", *compressors()]
 
 
 def all_methods() -> list[str]:
@@ -137,60 +121,24 @@ def with_method(stages: list[str], method: str | None) -> list[str]:
     if method in SOFT_METHODS:
         raise ValueError(soft_method_error(method))
     chain = [] if method == "none" else method.split("+")
-    unknown = [m for m in chain if m not in COMPRESSORS]
+    known = compressors()
+    unknown = [m for m in chain if m not in known]
     if unknown or not (chain or method == "none"):
         raise ValueError(f"unknown method {method!r}; known: {compression_methods()} (chain with +)")
-    return [s for s in stages if s not in COMPRESSORS] + chain
+    return [s for s in stages if s not in known] + chain
 
 
 @dataclass
-class StageFactory:
-    settings: Settings
-    counter: TokenCounter
-    retriever: Retriever | None
-    models: ModelRegistry
-    segment_cache: SegmentCache | None = None
+class StageFactory(BuildContext):
+    """Builds stages by name for one pipeline; a compressor's scorer runs inside the shared selection."""
 
     def build(self, name: str) -> Stage:
-        from ragctx.pipeline.stages import DedupStage, RetrieveStage
-
-        if name == "retrieve":
-            return RetrieveStage(self.retriever, self.settings.top_k)
-        if name == "dedup":
-            return DedupStage(self.settings.dedup_threshold)
-        if name in ORDER_NAMES:
-            return ReorderStage(name)
+        method = methods().get(name)
+        if method is None:
+            raise ValueError(f"unknown stage {name!r}; known: {sorted(known_stage_names())}")
+        built = method.build(self, section(self.settings, method))
+        if method.kind != "compressor":
+            return built  # type: ignore[no-any-return]
         s = self.settings
-        if name == "label":
-            from ragctx.scoring.labels import LabelStage
-
-            embedder = self.models.embedder() if s.relevance_source == "embedding" else None
-            return LabelStage(
-                self.models.scorer(),
-                embedder,
-                s.resolved_cache_dir(),
-                s.relevance_source,
-                s.relevance_threshold,
-                s.de_threshold,
-                s.distractor_policy,
-            )
-        if name == "attention-sort":
-            from ragctx.reordering.attention import AttentionSortStage
-
-            layers = tuple(s.attention_layers) if s.attention_layers else None
-            return AttentionSortStage(
-                self.models.reader(),
-                s.attention_sort_rounds,
-                layers,
-                s.attention_aggregate,
-                s.attention_debias,
-                s.resolved_cache_dir(),
-            )
-        if name == "attnrank":
-            from ragctx.reordering.attention import AttnRankStage
-
-            return AttnRankStage(self.models.reader(), s.resolved_cache_dir())
-        if name in COMPRESSORS:
-            force = ForceKeep(s.force_keep_numbers, s.force_keep_first_sentence, tuple(s.force_keep_strings))
-            return CompressStage(COMPRESSORS[name](self), self.counter, force=force)
-        raise ValueError(f"unknown stage {name!r}; known: {sorted(known_stage_names())}")
+        force = ForceKeep(s.force_keep_numbers, s.force_keep_first_sentence, tuple(s.force_keep_strings))
+        return CompressStage(built, self.counter, force=force)

@@ -28,9 +28,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
 
-from ragctx.config import Settings, load_settings  # noqa: E402
 from ragctx.engine import ContextEngine  # noqa: E402
 from ragctx.models import ModelRegistry  # noqa: E402
+from ragctx.settings import Settings, load_settings  # noqa: E402
 from ragctx.types import Passage  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -26,9 +26,10 @@ from conftest import need_data, passages_of
 from openai import OpenAI
 
 from ragctx.api import create_app
-from ragctx.config import DEFAULT_STAGES, Settings, load_settings
+from ragctx.config import DEFAULT_STAGES
 from ragctx.indexes.faiss_index import FaissIndex
 from ragctx.indexes.loaders import read_documents
+from ragctx.settings import Settings, load_settings
 from ragctx.state import Budget
 
 API_KEY = "test-key-5f1c"

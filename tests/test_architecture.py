@@ -31,3 +31,24 @@ def test_no_module_imports_itself_through_others():
         if a != b and graph.chain_exists(importer=b, imported=a)
     ]
     assert cycles == [], f"import cycles through: {cycles[:5]}"
+
+
+def test_every_module_of_the_package_sits_in_a_layer():
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    layered = {m.strip() for c in config if c["type"] == "layers" for layer in c["layers"] for m in layer.split(":")}
+    top = {f"ragctx.{p.stem}" for p in (ROOT / "ragctx").glob("*.py") if p.stem not in ("__init__", "__main__")}
+    top |= {f"ragctx.{p.parent.name}" for p in (ROOT / "ragctx").glob("*/__init__.py")}
+    assert sorted(top - layered) == [], "add these to a layer of [tool.importlinter] in pyproject.toml"
+
+
+def test_reading_the_registry_and_the_settings_loads_no_model_library():
+    """Every command reads every method's declaration; torch loads only when a method is built."""
+    code = (
+        "import sys, ragctx.settings, ragctx.cli; "
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"

@@ -18,8 +18,8 @@ from ragctx.compllm.compressor import CompLLM, cut
 from ragctx.compllm.data import training_examples
 from ragctx.compllm.reader import CompressedReader
 from ragctx.compllm.training import TrainSettings, train_compllm
-from ragctx.config import load_settings
 from ragctx.engine import ContextEngine
+from ragctx.settings import load_settings
 from ragctx.state import Budget
 from tests.conftest import DATA, passages_of
 

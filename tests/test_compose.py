@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ragctx.config import Settings, load_settings
+from ragctx.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 _DEFAULTED = re.compile(r"^\$\{(?P<name>[A-Z0-9_]+):?-(?P<default>.*)\}$")

@@ -13,8 +13,10 @@ from typer.testing import CliRunner
 import ragctx
 from ragctx.bench.harness import best_method
 from ragctx.cli import app
-from ragctx.config import DEFAULT_METHOD, DEFAULT_RATE, DEFAULT_RELEVANCE_FLOOR, DEFAULT_STAGES, load_settings
+from ragctx.compressors.embed_passages import DEFAULT_RELEVANCE_FLOOR
+from ragctx.config import DEFAULT_METHOD, DEFAULT_RATE, DEFAULT_STAGES
 from ragctx.engine import ContextEngine
+from ragctx.settings import load_settings
 from ragctx.state import Budget
 from ragctx.types import Passage
 from tests.conftest import passages_of
@@ -35,7 +37,7 @@ def test_the_default_chain_is_the_one_the_dev_bench_table_names():
 
 def test_the_relevance_floor_is_the_calibrated_one():
     calibrated = json.loads((RESULTS.parents[1] / "relevance_floor.json").read_text())
-    assert load_settings().relevance_floor == DEFAULT_RELEVANCE_FLOOR == calibrated["floor"]
+    assert load_settings().embed_passages.floor == DEFAULT_RELEVANCE_FLOOR == calibrated["floor"]
     assert calibrated["gold_kept"] >= calibrated["keep_gold"]
 
 
@@ -85,7 +87,7 @@ def test_the_relevance_floor_leaves_unrelated_passages_out_even_with_budget_left
     assert "relevance floor" in prefilter.details["reason"]
     assert "relevance floor" in next(s for s in ctx.stats if s.name == "ehpc").details["reason"]
     # Off, the same budget keeps them.
-    off = ContextEngine(load_settings(cache_dir=engine.settings.cache_dir, relevance_floor=-1), engine.models)
+    off = ContextEngine(load_settings(cache_dir=engine.settings.cache_dir, embed_passages={"floor": -1}), engine.models)
     assert off.run(question, unrelated, budget=Budget(rate=1.0)).tokens_out > 0
 
 

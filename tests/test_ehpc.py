@@ -12,10 +12,10 @@ from ragctx.compressors.evaluator_heads import (
     nq_examples,
     prompt_with_answer_mask,
 )
-from ragctx.config import load_settings
 from ragctx.engine import ContextEngine
 from ragctx.scoring.lm_attention import HeadSelection, question_attention
 from ragctx.segmentation import sentence_offsets
+from ragctx.settings import load_settings
 from ragctx.state import Budget, passage_header
 from tests.conftest import need_data, passages_of
 
@@ -64,7 +64,7 @@ def test_early_exit_scores_equal_a_full_forward_truncated_at_that_layer(heads, r
 @pytest.mark.parametrize("granularity", ["token", "word", "sentence"])
 def test_ehpc_keeps_exact_slices_within_the_budget(heads, engine, nq20_rows, granularity, settings):
     eng = ContextEngine(
-        load_settings(index_dir=settings.index_dir, cache_dir=settings.cache_dir, ehpc_granularity=granularity),
+        load_settings(index_dir=settings.index_dir, cache_dir=settings.cache_dir, ehpc={"granularity": granularity}),
         engine.models,
     )
     for row in nq20_rows[:3]:
@@ -84,7 +84,7 @@ def test_force_kept_strings_survive_compression(heads, engine, nq20_rows, settin
         load_settings(
             index_dir=settings.index_dir,
             cache_dir=settings.cache_dir,
-            ehpc_granularity="word",
+            ehpc={"granularity": "word"},
             force_keep_strings=[needle],
         ),
         engine.models,
@@ -129,7 +129,7 @@ def test_a_dominant_passage_prior_spends_the_budget_on_the_most_relevant_passage
     spread = 0
     for row in nq20_rows[:10]:
         budget = Budget(tokens=100)
-        ctx = _engine(engine, settings, ehpc_passage_prior=1e4).run(
+        ctx = _engine(engine, settings, ehpc={"passage_prior": 1e4}).run(
             row["question"], passages_of(row), method="embed-passages+ehpc", budget=budget
         )
         candidates = [p for p in ctx.passages if "embedding" in p.scores]
@@ -144,7 +144,7 @@ def test_a_dominant_passage_prior_spends_the_budget_on_the_most_relevant_passage
             smallest = min(engine.counter.count_many([text[a:b] for a, b in sentence_offsets(text)]))
             header = engine.counter.count(passage_header(ctx.passages.index(best) + 1, best.passage))
             assert smallest + header > budget.tokens
-        plain = _engine(engine, settings, ehpc_passage_prior=0.0).run(
+        plain = _engine(engine, settings, ehpc={"passage_prior": 0.0}).run(
             row["question"], passages_of(row), method="embed-passages+ehpc", budget=budget
         )
         spread += sum(1 for p in plain.passages if p.spans) > len(used)
@@ -159,8 +159,8 @@ def test_a_sentence_scores_the_sum_or_the_mean_of_its_pooled_token_attention(hea
     state = PipelineState(row["question"])
     state.set_passages(passages_of(row)[:4])
     units = make_units(state, "sentence", engine.counter)
-    total = _engine(engine, settings, ehpc_unit_score="sum").pipeline(method="ehpc").stages[-1].scorer
-    mean = _engine(engine, settings, ehpc_unit_score="mean").pipeline(method="ehpc").stages[-1].scorer
+    total = _engine(engine, settings, ehpc={"unit_score": "sum"}).pipeline(method="ehpc").stages[-1].scorer
+    mean = _engine(engine, settings, ehpc={"unit_score": "mean"}).pipeline(method="ehpc").stages[-1].scorer
     sums, means = total.attention_scores(state, units), mean.attention_scores(state, units)
     tokens = [s / m for s, m in zip(sums, means, strict=True)]
     # The ratio is the number of scorer tokens the sentence spans: a whole number, about its length.
@@ -184,5 +184,5 @@ def test_the_passage_prior_keeps_more_answers_on_real_questions(heads, engine, n
         )
 
     with_prior = recall()
-    attention_only = recall(ehpc_passage_prior=0.0, ehpc_unit_score="mean")
+    attention_only = recall(ehpc={"passage_prior": 0.0, "unit_score": "mean"})
     assert with_prior > attention_only

@@ -16,10 +16,10 @@ from ragctx.compressors.exit_training import (
     musique_examples,
     train_exit_classifier,
 )
-from ragctx.config import load_settings
 from ragctx.engine import ContextEngine
 from ragctx.models import default_embedder_path
 from ragctx.segmentation import sentence_offsets
+from ragctx.settings import load_settings
 from ragctx.state import Budget
 from tests.conftest import need_data, passages_of
 
@@ -68,7 +68,7 @@ def test_a_tiny_training_run_gives_a_classifier_loadable_by_path(tmp_path, regis
     summary = train_exit_classifier(str(default_embedder_path()), examples, out, batch_size=8)
     assert summary["examples"] == 32 and (out / "config.json").is_file()
     eng = ContextEngine(
-        load_settings(index_dir=settings.index_dir, cache_dir=settings.cache_dir, exit_model=str(out)), registry
+        load_settings(index_dir=settings.index_dir, cache_dir=settings.cache_dir, exit={"model": str(out)}), registry
     )
     row = nq20_rows[2]
     sources = {p.id: p for p in passages_of(row)}

@@ -18,8 +18,8 @@ import pytest
 from test_api import StubUpstream, running
 
 from ragctx.api import create_app
-from ragctx.config import Settings
 from ragctx.models import ModelRegistry
+from ragctx.settings import Settings
 
 schemathesis = pytest.importorskip("schemathesis")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ragctx.config import load_settings
+from ragctx.settings import load_settings
 from tests.conftest import TEST_HOME
 
 

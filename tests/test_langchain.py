@@ -24,7 +24,6 @@ from langchain_core.embeddings import Embeddings  # noqa: E402
 from langchain_core.runnables import RunnableLambda, RunnableParallel, RunnablePassthrough  # noqa: E402
 from langchain_core.vectorstores import InMemoryVectorStore  # noqa: E402
 
-from ragctx.config import load_settings  # noqa: E402
 from ragctx.engine import ContextEngine  # noqa: E402
 from ragctx.indexes.faiss_index import FaissIndex  # noqa: E402
 from ragctx.integrations.langchain import (  # noqa: E402
@@ -34,6 +33,7 @@ from ragctx.integrations.langchain import (  # noqa: E402
     ServerError,
 )
 from ragctx.reordering.orders import lost_in_middle_langchain  # noqa: E402
+from ragctx.settings import load_settings  # noqa: E402
 from ragctx.state import Budget, passage_header  # noqa: E402
 from ragctx.types import Passage  # noqa: E402
 from tests.conftest import passages_of  # noqa: E402

@@ -134,15 +134,16 @@ def test_attnrank_without_a_profile_says_how_to_make_one(engine):
 
 
 def test_debiased_attention_sorting_subtracts_the_calibrated_slot_bias(engine, registry, settings):
-    from ragctx.config import load_settings
     from ragctx.engine import ContextEngine
     from ragctx.reordering.calibration import calibrate_attention_bias
+    from ragctx.settings import load_settings
 
     lm = registry.reader()
     bias = calibrate_attention_bias(lm, settings.resolved_cache_dir(), 3, sample_prompts(3, 1))
     assert len(bias.bias) == 3 and all(b > 0 for b in bias.bias)
     debiased = ContextEngine(
-        load_settings(index_dir=settings.index_dir, cache_dir=settings.cache_dir, attention_debias=True), registry
+        load_settings(index_dir=settings.index_dir, cache_dir=settings.cache_dir, attention_sort={"debias": True}),
+        registry,
     )
     passages = [UNRELATED[0], GOLD, UNRELATED[1]]
     ctx = debiased.run(QUESTION, passages, stages=["attention-sort"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ragctx.compressors.baselines import SentenceBudget
+from ragctx.compressors.budget import SentenceBudget
 from ragctx.compressors.selection import CompressStage, make_units, unit_costs
 from ragctx.reordering.orders import lost_in_middle_langchain, lost_in_middle_llamaindex
 from ragctx.state import Budget, PipelineState, render

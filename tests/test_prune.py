@@ -185,8 +185,8 @@ def test_resume_with_another_keep_reselects_without_scoring_and_indexes_what_is_
 def test_warm_cache_puts_the_kept_passages_concept_embeddings_into_redis(
     reference: Path, corpus: Path, tmp_path: Path, registry: ModelRegistry, redis_server, monkeypatch
 ) -> None:
-    from ragctx.config import load_settings
     from ragctx.engine import ContextEngine
+    from ragctx.settings import load_settings
     from ragctx.types import Passage
 
     out = tmp_path / "warm"

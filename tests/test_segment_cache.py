@@ -24,10 +24,10 @@ from ragctx.cache import (
 )
 from ragctx.cache.codec import decode, encode
 from ragctx.compressors.evaluator_heads import calibrate_heads, needle_examples
-from ragctx.config import load_settings
 from ragctx.engine import ContextEngine
 from ragctx.scoring.lm_attention import HeadSelection, apply_rope, decoder_layers, question_attention
 from ragctx.scoring.segment_kv import SegmentKVCache, rope_tables
+from ragctx.settings import load_settings
 from ragctx.state import Budget
 from tests.conftest import need_data, passages_of
 

@@ -13,9 +13,9 @@ from ragctx.api import chat, routes
 from ragctx.api.errors import install_error_handlers
 from ragctx.api.middleware import GuardMiddleware, RequestContextMiddleware
 from ragctx.api.service import Service
-from ragctx.config import Settings, load_settings
 from ragctx.engine import ContextEngine
 from ragctx.models import ModelRegistry
+from ragctx.settings import Settings, load_settings
 from ragctx.version import __version__
 
 log = logging.getLogger(__name__)

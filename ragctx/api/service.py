@@ -18,11 +18,11 @@ from ragctx.api.batching import MicroBatcher, ThreadBatcher
 from ragctx.api.errors import ApiError
 from ragctx.api.limits import ConcurrencyLimiter, Slot, time_limit
 from ragctx.api.metrics import ServiceMetrics
-from ragctx.config import Settings
 from ragctx.engine import ContextEngine
 from ragctx.models import LanguageModel
 from ragctx.reader import LocalReader
 from ragctx.scoring.prefix_batch import logits_for_calls, routed_through
+from ragctx.settings import Settings
 from ragctx.state import Budget
 from ragctx.types import CompressedContext, Passage
 

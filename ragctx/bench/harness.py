@@ -17,13 +17,13 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ragctx.config import Settings
 from ragctx.engine import ContextEngine
 from ragctx.evaluation.data import Question, load_nq20
 from ragctx.evaluation.metrics import has_answer, median_p90
 from ragctx.io import atomic_write
 from ragctx.reader import LocalReader
-from ragctx.registry import COMPRESSORS, known_stage_names
+from ragctx.registry import compressors, known_stage_names
+from ragctx.settings import Settings
 from ragctx.state import Budget
 
 REORDER_BASELINES = ["reorder-lim-langchain"]
@@ -187,7 +187,7 @@ def run_bench(settings: Settings, cfg: BenchConfig) -> BenchReport:
 
 def _compresses(method: str) -> bool:
     """A method (or `a+b` chain) with a compression stage: it gets one row per target rate."""
-    return any(part in COMPRESSORS for part in method.split("+"))
+    return any(part in compressors() for part in method.split("+"))
 
 
 def _ensure_attnrank_profile(engine: ContextEngine, cfg: BenchConfig, k: int) -> None:

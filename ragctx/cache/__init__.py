@@ -10,10 +10,10 @@ from ragctx.cache.segment_cache import CacheStats, SegmentCache, content_key
 from ragctx.cache.stores import ByteStore, MemoryStore, RedisStore, StoreUnavailable
 
 if TYPE_CHECKING:
-    from ragctx.config import Settings
+    from ragctx.config import CoreSettings
 
 
-def open_segment_cache(settings: Settings) -> SegmentCache:
+def open_segment_cache(settings: CoreSettings) -> SegmentCache:
     """Redis when `redis_url` is set, else an in-process LRU of `segment_cache_mb`."""
     store: ByteStore
     if settings.redis_url:

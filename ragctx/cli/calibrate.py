@@ -52,19 +52,20 @@ def calibrate_attention_bias_cmd(
     prompts: Annotated[int, typer.Option("--prompts", help="Calibration prompts (k prefills each).")] = 5,
     config: ConfigOpt = None,
 ) -> None:
-    """Measure the attention a content-free passage gets at each slot (for `attention_debias`)."""
+    """Measure the attention a content-free passage gets at each slot (for `[attention_sort] debias`)."""
+    from ragctx.method import section
     from ragctx.models import ModelRegistry
+    from ragctx.reordering import attention_sort
     from ragctx.reordering.calibration import attention_bias_path, calibrate_attention_bias, sample_prompts
 
     s = settings_or_exit(config)
     if k < 2 or prompts < 1:
         fail("--k must be at least 2 and --prompts at least 1", 2)
     lm = ModelRegistry(s).reader()
-    layers = tuple(s.attention_layers) if s.attention_layers else None
-    bias = calibrate_attention_bias(
-        lm, s.resolved_cache_dir(), k, sample_prompts(k, prompts), layers, s.attention_aggregate
-    )
-    where = attention_bias_path(s.resolved_cache_dir(), lm, k, layers, s.attention_aggregate)
+    cfg = section(s, attention_sort.METHOD)  # the bias is per layer set and aggregate, as the stage reads it
+    layers = tuple(cfg.layers) if cfg.layers else None
+    bias = calibrate_attention_bias(lm, s.resolved_cache_dir(), k, sample_prompts(k, prompts), layers, cfg.aggregate)
+    where = attention_bias_path(s.resolved_cache_dir(), lm, k, layers, cfg.aggregate)
     console.print(f"bias per slot: {[round(x, 4) for x in bias.bias]}; saved to {where}")
 
 

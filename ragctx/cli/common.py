@@ -10,12 +10,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ragctx.config import DEFAULT_METHOD, DEFAULT_RATE, ConfigError, Settings, load_settings
+from ragctx.config import DEFAULT_METHOD, DEFAULT_RATE, ConfigError
 from ragctx.registry import (
     SOFT_METHODS,
     all_methods,
     check_stage_names,
 )
+from ragctx.settings import Settings, load_settings
 from ragctx.state import Budget
 from ragctx.types import CompressedContext
 

@@ -9,18 +9,26 @@ import typer
 from rich.table import Table
 
 from ragctx.cli.common import ConfigOpt, app, console, settings_or_exit
-from ragctx.config import settings_markdown
-from ragctx.registry import STAGE_HELP
+from ragctx.registry import methods, stages_markdown
+from ragctx.settings import settings_markdown
 
 
 @app.command("stages")
-def list_stages() -> None:
-    """List the pipeline stages and compression methods."""
-    table = Table(title="stages")
+def list_stages(
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print README's table of stages.")] = False,
+) -> None:
+    """List the pipeline stages and compression methods, with their settings."""
+    if markdown:
+        sys.stdout.write(stages_markdown() + "\n")
+        return
+    table = Table(title="stages (compressors chain with +; settings: [section] key, or RAGCTX_SECTION__KEY)")
     table.add_column("name")
+    table.add_column("kind")
     table.add_column("what it does")
-    for name, text in STAGE_HELP.items():
-        table.add_row(name, text)
+    table.add_column("settings")
+    for m in methods().values():
+        keys = ", ".join(f"{k}={f.default!r}" for k, f in m.settings.model_fields.items())
+        table.add_row(m.name, m.kind, m.help, f"[{m.section}] {keys}" if keys else "")
     console.print(table)
 
 

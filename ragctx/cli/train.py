@@ -75,7 +75,7 @@ def train_exit_cmd(
     summary = train_exit_classifier(base_path, examples, out, epochs=epochs, device=device)
     console.print(
         f"trained on {summary['examples']} sentences, loss {summary['first_loss']:.3f} -> {summary['last_loss']:.3f}; "
-        f"use it with RAGCTX_EXIT_MODEL={out.resolve()}"
+        f"use it with RAGCTX_EXIT__MODEL={out.resolve()}"
     )
     if held_out:
         from sentence_transformers import CrossEncoder

@@ -22,17 +22,45 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
+from pydantic import Field
 
-from ragctx.compressors.baselines import EMBEDDING_SCORE
-from ragctx.compressors.evaluator_heads import QUESTION_PREFIX, EvaluatorHeads
+from ragctx.compressors.embed_passages import EMBEDDING_SCORE
 from ragctx.compressors.selection import Granularity, Unit
-from ragctx.models import LanguageModel
-from ragctx.scoring.lm_attention import HeadSelection, question_attention
-from ragctx.scoring.segment_kv import SINK_TEXT, SegmentKVCache
+from ragctx.method import BuildContext, Method, MethodSettings
 from ragctx.state import PipelineState
+
+if TYPE_CHECKING:
+    import torch
+
+    from ragctx.compressors.evaluator_heads import EvaluatorHeads
+    from ragctx.models import LanguageModel
+    from ragctx.scoring.segment_kv import SegmentKVCache
+
+# torch and the attention machinery load when the scorer runs (the declaration below is read by every
+# command), so they are imported in the methods that use them.
+
+
+class EHPCSettings(MethodSettings):
+    granularity: Literal["token", "word", "sentence"] = Field(
+        default="sentence", description="What EHPC keeps or drops: tokens, words or sentences."
+    )
+    pool: int = Field(default=5, ge=1, description="Window of the average pooling over token scores.")
+    unit_score: Literal["sum", "mean"] = Field(
+        default="sum",
+        description="A word's or sentence's score is the total (`sum`) or mean (`mean`) pooled attention of its "
+        "tokens.",
+    )
+    passage_prior: float = Field(
+        default=10.0,
+        ge=0.0,
+        description="After a passage scorer (`embed-passages+ehpc`): unit score = log(attention) + this times the "
+        "passage's embedding cosine to the question; 0 = attention only.",
+    )
+    chunk_tokens: int = Field(
+        default=4096, ge=256, description="Passages are scored in chunks of at most this many tokens."
+    )
 
 
 @dataclass
@@ -48,6 +76,10 @@ class EHPCScorer:
     # Weight of the passage relevance an earlier stage recorded (PassageResult.scores["embedding"]);
     # 0 = attention only.
     passage_prior: float = 10.0
+    # Appended after the question, and how many last positions attend (None = the question's tokens):
+    # for analyses of the answering position's attention (benchmarks/ehpc_analysis.py).
+    query_suffix: str = ""
+    query_window: int | None = None
     name: str = "ehpc"
 
     def score(self, state: PipelineState, units: Sequence[Unit]) -> list[float]:
@@ -100,43 +132,35 @@ class EHPCScorer:
         passages: list[int],
         scores: list[float],
     ) -> None:
-        # Lay the chunk out as one text block per passage, remembering where every unit landed.
-        blocks: list[str] = []
-        unit_range: dict[int, tuple[int, int]] = {}
-        cursor = 0
-        for p in passages:
-            result = state.passages[p]
-            header = f"Document (Title: {result.passage.title}) " if result.passage.title else "Document: "
-            parts = [header]
-            at = cursor + len(header)
-            for span in result.spans:
-                for i in by_passage[p]:
-                    u = units[i]
-                    if span.start <= u.start and u.end <= span.end:
-                        unit_range[i] = (at + u.start - span.start, at + u.end - span.start)
-                piece = result.passage.text[span.start : span.end] + " "
-                parts.append(piece)
-                at += len(piece)
-            parts.append("\n")
-            blocks.append("".join(parts))
-            cursor += len(blocks[-1])
-        question = QUESTION_PREFIX + state.question
+        from ragctx.compressors.evaluator_heads import QUESTION_PREFIX
+
+        layout = layout_chunk(state, units, by_passage, passages)
+        question = QUESTION_PREFIX + state.question + self.query_suffix
         if self.segments is not None:
-            mass, offsets, hits = self._mass_cached(blocks, question)
+            mass, offsets, hits = self._mass_cached(layout.blocks, question)
             state.notes["cache_hits"] = int(state.notes.get("cache_hits", 0)) + hits  # type: ignore[call-overload]
-            state.notes["cache_misses"] = int(state.notes.get("cache_misses", 0)) + len(blocks) - hits  # type: ignore[call-overload]
+            state.notes["cache_misses"] = int(state.notes.get("cache_misses", 0)) + len(layout.blocks) - hits  # type: ignore[call-overload]
         else:
-            mass, offsets = self._mass_full_prefill("".join(blocks), question)
+            mass, offsets = self.prefill_mass(layout.context, question)
+        for i, value in self.unit_scores(mass, offsets, layout.unit_ranges).items():
+            scores[i] = value
+
+    def unit_scores(
+        self, mass: torch.Tensor, offsets: list[tuple[int, int]], unit_ranges: dict[int, tuple[int, int]]
+    ) -> dict[int, float]:
+        """Each unit's score from the token mass: pooled over `pool` tokens, then summed or averaged over
+        the tokens overlapping the unit's character range (two pointers over sorted ranges)."""
         if self.pool > 1:
+            import torch
+
             pad = self.pool // 2
             mass = torch.nn.functional.avg_pool1d(
                 mass[None, None], self.pool, stride=1, padding=pad, count_include_pad=False
             )[0, 0][: len(offsets)]
-        # Pooled mass of the tokens overlapping each unit, summed or averaged (two pointers over sorted ranges).
-        order = sorted(unit_range, key=lambda i: unit_range[i])
+        out: dict[int, float] = {}
         t = 0
-        for i in order:
-            a, b = unit_range[i]
+        for i in sorted(unit_ranges, key=lambda i: unit_ranges[i]):
+            a, b = unit_ranges[i]
             while t < len(offsets) and offsets[t][1] <= a:
                 t += 1
             j, total, n = t, 0.0, 0
@@ -145,26 +169,31 @@ class EHPCScorer:
                     total += float(mass[j])
                     n += 1
                 j += 1
-            scores[i] = total if self.unit_score == "sum" else total / n if n else 0.0
+            out[i] = total if self.unit_score == "sum" else total / n if n else 0.0
+        return out
 
-    def _mass_full_prefill(self, context: str, question: str) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-        """One prefill of sink prefix + context + question; mass per token of context + question and
-        each token's character range (the same layout as the cached path)."""
+    def prefill_mass(self, context: str, question: str) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """One prefill of sink prefix + context + question: the evaluator heads' attention mass per token
+        of context + question, and each token's character range (the same layout as the cached path).
+        The attending positions are the question's tokens, or the last `query_window` ones."""
+        import torch
+
+        from ragctx.scoring.lm_attention import HeadSelection, question_attention
+        from ragctx.scoring.segment_kv import SINK_TEXT
+
         enc = self.lm.tokenizer(SINK_TEXT + context + question, add_special_tokens=False, return_offsets_mapping=True)
         skip = sum(1 for _, b in enc["offset_mapping"] if b <= len(SINK_TEXT))
         offsets = [(a - len(SINK_TEXT), b - len(SINK_TEXT)) for a, b in enc["offset_mapping"][skip:]]
         selection = HeadSelection.of_heads(self.heads.heads, self.heads.scores)
-        window = self._query_window(offsets, len(context))
+        window = self.query_window or max(1, sum(1 for a, _ in offsets if a >= len(context)))
         mass = question_attention(self.lm, torch.tensor([enc["input_ids"]]), selection, window=window).tokens
         return mass[skip:], offsets
-
-    def _query_window(self, offsets: list[tuple[int, int]], context_chars: int) -> int:
-        """The attending positions: every token of the question (those after the context)."""
-        return max(1, sum(1 for a, _ in offsets if a >= context_chars))
 
     def _mass_cached(self, blocks: list[str], question: str) -> tuple[torch.Tensor, list[tuple[int, int]], int]:
         """Each block is a cached segment (keys encoded once, re-rotated to its place); only the
         question runs through the model."""
+        from ragctx.scoring.lm_attention import HeadSelection
+
         assert self.segments is not None
         tok = self.lm.tokenizer
         ids: list[list[int]] = []
@@ -178,3 +207,74 @@ class EHPCScorer:
         selection = HeadSelection.of_heads(self.heads.heads, self.heads.scores)
         mass, hits = self.segments.question_attention(ids[:-1], ids[-1], selection)
         return mass, offsets, hits
+
+
+@dataclass
+class ChunkLayout:
+    """A chunk of passages as EHPC lays them out: one text block per passage, and where each unit landed."""
+
+    blocks: list[str]
+    unit_ranges: dict[int, tuple[int, int]]
+
+    @property
+    def context(self) -> str:
+        return "".join(self.blocks)
+
+
+def layout_chunk(
+    state: PipelineState, units: Sequence[Unit], by_passage: dict[int, list[int]], passages: list[int]
+) -> ChunkLayout:
+    """`passages` (indices into the state, in this order) as blocks `Document (Title: t) span span \\n`,
+    with the character range of every unit of `by_passage` in the joined context."""
+    blocks: list[str] = []
+    unit_range: dict[int, tuple[int, int]] = {}
+    cursor = 0
+    for p in passages:
+        result = state.passages[p]
+        header = f"Document (Title: {result.passage.title}) " if result.passage.title else "Document: "
+        parts = [header]
+        at = cursor + len(header)
+        for span in result.spans:
+            for i in by_passage[p]:
+                u = units[i]
+                if span.start <= u.start and u.end <= span.end:
+                    unit_range[i] = (at + u.start - span.start, at + u.end - span.start)
+            piece = result.passage.text[span.start : span.end] + " "
+            parts.append(piece)
+            at += len(piece)
+        parts.append("\n")
+        blocks.append("".join(parts))
+        cursor += len(blocks[-1])
+    return ChunkLayout(blocks, unit_range)
+
+
+def build(ctx: BuildContext, cfg: EHPCSettings) -> EHPCScorer:
+    from ragctx.compressors.evaluator_heads import load_heads
+
+    lm = ctx.models.scorer()
+    segments = None
+    if ctx.settings.segment_kv and ctx.segment_cache is not None:
+        from ragctx.scoring.segment_kv import SegmentKVCache
+
+        segments = SegmentKVCache(lm, ctx.segment_cache)
+    heads = load_heads(ctx.settings.resolved_cache_dir(), lm)
+    return EHPCScorer(
+        lm,
+        heads,
+        cfg.granularity,
+        cfg.pool,
+        cfg.chunk_tokens,
+        segments,
+        unit_score=cfg.unit_score,
+        passage_prior=cfg.passage_prior,
+    )
+
+
+METHOD = Method(
+    "ehpc",
+    "evaluator-head token compression: keeps the sentences (or words, tokens) that calibrated early heads attend "
+    "to from the question",
+    "compressor",
+    build,
+    EHPCSettings,
+)

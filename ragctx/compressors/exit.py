@@ -5,22 +5,26 @@ sentence, and answers whether the sentence helps: P(Yes) over {Yes, No} at the a
 sentences with P(Yes) >= tau (default 0.5), or the best within a budget, in original order.
 
 Two classifiers: the scorer LM zero-shot (prompt below, per-passage shared prefix encoded once, sentence
-suffixes batched: `prefix_batch`), or a cross-encoder trained by `ragctx train exit` (`exit_model`).
+suffixes batched: `prefix_batch`), or a cross-encoder trained by `ragctx train exit` (`[exit] model`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from pydantic import Field
 
 from ragctx.compressors.selection import Granularity, Unit
-from ragctx.models import LanguageModel
-from ragctx.scoring.prefix_batch import last_token_logits
+from ragctx.method import BuildContext, Method, MethodSettings
 from ragctx.state import PipelineState
 from ragctx.types import Passage
+
+if TYPE_CHECKING:
+    import torch
+
+    from ragctx.models import LanguageModel
 
 DEFAULT_TAU = 0.5
 QUESTION_TEMPLATE = 'Is this sentence useful in answering the query? Answer only "Yes" or "No".'
@@ -52,11 +56,15 @@ class ExitLMScorer:
         return tok.encode("Yes", add_special_tokens=False)[0], tok.encode("No", add_special_tokens=False)[0]
 
     def p_yes(self, logits: torch.Tensor) -> list[float]:
+        import torch
+
         yes, no = self._yes_no()
         pair = torch.stack([logits[:, yes], logits[:, no]], dim=1).softmax(dim=1)
         return [float(x) for x in pair[:, 0]]
 
     def score(self, state: PipelineState, units: Sequence[Unit]) -> list[float]:
+        from ragctx.scoring.prefix_batch import last_token_logits
+
         by_passage: dict[int, list[int]] = {}
         for i, u in enumerate(units):
             by_passage.setdefault(u.passage_index, []).append(i)
@@ -70,6 +78,8 @@ class ExitLMScorer:
 
     def score_one_at_a_time(self, question: str, passage: Passage, sentences: Sequence[str]) -> list[float]:
         """The unbatched path (every prompt encoded whole); the batched one must select the same."""
+        import torch
+
         out = []
         with torch.inference_mode():
             for s in sentences:
@@ -102,3 +112,25 @@ class ExitCrossEncoderScorer:
 def exit_pair_text(sentence: str, passage: Passage) -> str:
     """The second text of a cross-encoder pair: the sentence first (it must survive truncation)."""
     return f"{sentence} [CONTEXT] {passage.titled_text}"
+
+
+class ExitSettings(MethodSettings):
+    model: str | None = Field(
+        default=None,
+        description="Classifier trained by `ragctx train exit` (a folder); none = the scorer LM zero-shot.",
+    )
+
+
+def build(ctx: BuildContext, cfg: ExitSettings) -> ExitLMScorer | ExitCrossEncoderScorer:
+    if cfg.model:
+        return ExitCrossEncoderScorer(ctx.models.exit_classifier(cfg.model))
+    return ExitLMScorer(ctx.models.scorer())
+
+
+METHOD = Method(
+    "exit",
+    "EXIT: keeps sentences the classifier finds useful (P(Yes) >= tau = 0.5 with no budget) or the best in budget",
+    "compressor",
+    build,
+    ExitSettings,
+)

@@ -44,6 +44,11 @@ class UnitScorer(Protocol):
     def score(self, state: PipelineState, units: Sequence[Unit]) -> list[float]: ...
 
 
+def in_order(units: Sequence[Unit]) -> list[float]:
+    """Scores that keep a prefix: earlier units (in the current passage order) score higher."""
+    return [-float(i) for i in range(len(units))]
+
+
 def make_units(state: PipelineState, granularity: Granularity, counter: TokenCounter) -> list[Unit]:
     units: list[Unit] = []
     for i, result in enumerate(state.passages):

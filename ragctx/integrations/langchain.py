@@ -32,8 +32,7 @@ from ragctx.integrations.backends import (
     ServerError,
     read_kept_passages,
 )
-from ragctx.registry import known_stage_names
-from ragctx.reordering.orders import ORDER_NAMES
+from ragctx.registry import known_stage_names, methods
 from ragctx.types import Passage
 
 try:
@@ -203,7 +202,8 @@ class AttentionReorder(_RagctxConnection, BaseDocumentTransformer):
         query = kwargs.get("query") or self.query
         if query:
             return str(query)
-        if self.stage in ORDER_NAMES:
+        known = methods().get(self.stage)
+        if known is not None and not known.needs_question:
             return _NO_QUERY
         raise ValueError(f"stage {self.stage!r} needs the query: transform_documents(documents, query=...)")
 

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ragctx.config import Settings
 from ragctx.io import atomic_write
 from ragctx.jobs.corpus import CorpusReader, MalformedRow, corpus_files
 from ragctx.jobs.dedup import BANDS, ROWS, Duplicate, find_duplicates
@@ -34,6 +33,7 @@ from ragctx.jobs.scoring import ScoringSpec, ShardScorer, set_torch_threads
 from ragctx.jobs.select import PassageScore, Selection, select
 from ragctx.jobs.shards import ScoredPassage, ShardStore
 from ragctx.models import ModelRegistry
+from ragctx.settings import Settings
 from ragctx.types import Passage
 
 log = logging.getLogger(__name__)

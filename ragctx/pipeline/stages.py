@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 
 from ragctx.indexes.base import Retriever
+from ragctx.method import BuildContext, Method, NoSettings
 from ragctx.state import PipelineState
 
 _WORD = re.compile(r"\w+")
@@ -62,3 +63,22 @@ class DedupStage:
             survivors.append(result)
         state.passages = survivors
         state.notes["dropped"] = dropped
+
+
+def _retrieve(ctx: BuildContext, cfg: NoSettings) -> RetrieveStage:
+    return RetrieveStage(ctx.retriever, ctx.settings.top_k)
+
+
+def _dedup(ctx: BuildContext, cfg: NoSettings) -> DedupStage:
+    return DedupStage(ctx.settings.dedup_threshold)
+
+
+RETRIEVE = Method(
+    "retrieve", "top-k passages from the index (skipped when the caller gives passages)", "retrieval", _retrieve
+)
+DEDUP = Method(
+    "dedup",
+    "drops a passage whose word 3-shingles overlap an earlier one with Jaccard >= `dedup_threshold`",
+    "filter",
+    _dedup,
+)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+from ragctx.method import Method, NoSettings
 from ragctx.state import PipelineState
 
 T = TypeVar("T")
@@ -62,4 +63,20 @@ class ReorderStage:
             raise ValueError(f"unknown order {self.name!r}")
 
 
-ORDER_NAMES = ("reorder-lim-langchain", "reorder-lim-llamaindex", "reorder-inverse", "reorder-shuffle")
+def _order(name: str, text: str) -> Method[NoSettings]:
+    return Method(name, text, "order", lambda ctx, cfg: ReorderStage(name), needs_question=False)
+
+
+# Four one-line orders share this module: each is a branch of ReorderStage.run.
+LIM_LANGCHAIN = _order(
+    "reorder-lim-langchain",
+    "lost in the middle, LangChain's `LongContextReorder`: trusts the input order (best first), reverses it, "
+    "alternates front/back (with an even number of passages the best ends last, with an odd number first)",
+)
+LIM_LLAMAINDEX = _order(
+    "reorder-lim-llamaindex",
+    "lost in the middle, LlamaIndex's `LongContextReorder`: sorts by retrieval score ascending (missing = 0, "
+    "stable), then alternates front/back; ignores the input order",
+)
+INVERSE = _order("reorder-inverse", "reverses the order: the best passage ends next to the question")
+SHUFFLE = _order("reorder-shuffle", "seeded random order")

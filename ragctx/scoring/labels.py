@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from ragctx.models import LanguageModel
-from ragctx.scoring.abstention import check_abstention
-from ragctx.scoring.distraction import DistractionScorer
-from ragctx.scoring.relevance import QueryLikelihoodScorer, embedding_relevance
+from pydantic import Field
+
+from ragctx.method import BuildContext, Method, MethodSettings
 from ragctx.state import PipelineState
+
+if TYPE_CHECKING:
+    from ragctx.models import LanguageModel
 
 # Chosen on NQ-20 dev by `benchmarks/label_thresholds.py --n 30`: the threshold that maximises F1 of
 # "holds the answer" over 600 passages. Embedding cosine: F1 0.85 (gold ranked first 90%); query
@@ -40,6 +42,10 @@ class LabelStage:
         kept = state.kept()
         if not kept:
             return
+        from ragctx.scoring.abstention import check_abstention
+        from ragctx.scoring.distraction import DistractionScorer
+        from ragctx.scoring.relevance import QueryLikelihoodScorer, embedding_relevance
+
         passages = [p.passage for p in kept]
         if self.relevance_source == "lm":
             relevance = QueryLikelihoodScorer(self.lm).score(state.question, passages)
@@ -76,3 +82,45 @@ class LabelStage:
         elif self.policy == "demote":
             rest = [p for p in state.passages if p.label != "distracting"]
             state.passages = rest + distracting
+
+
+class LabelSettings(MethodSettings):
+    relevance_source: Literal["lm", "embedding"] = Field(
+        default="embedding",
+        description="Relevance: `lm` (query likelihood under the scorer) or `embedding` (cosine).",
+    )
+    relevance_threshold: float | None = Field(
+        default=None, description="Relevance at or above which a passage is `relevant`; none = the dev-tuned default."
+    )
+    de_threshold: float = Field(
+        default=0.8,
+        ge=0.0,
+        le=1.0,
+        description="Distracting effect at or above which a non-relevant passage is `distracting`.",
+    )
+    distractor_policy: Literal["keep", "drop", "demote"] = Field(
+        default="keep", description="What happens to distracting passages: keep, drop, or rank them last."
+    )
+
+
+def build(ctx: BuildContext, cfg: LabelSettings) -> LabelStage:
+    embedder = ctx.models.embedder() if cfg.relevance_source == "embedding" else None
+    return LabelStage(
+        ctx.models.scorer(),
+        embedder,
+        ctx.settings.resolved_cache_dir(),
+        cfg.relevance_source,
+        cfg.relevance_threshold,
+        cfg.de_threshold,
+        cfg.distractor_policy,
+    )
+
+
+METHOD = Method(
+    "label",
+    "labels passages relevant / distracting / irrelevant (relevance: embedding cosine or query likelihood; "
+    "distracting effect); policy keep, drop or demote (rank last)",
+    "label",
+    build,
+    LabelSettings,
+)

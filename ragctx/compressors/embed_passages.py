@@ -1,63 +1,39 @@
-"""Baseline compressors: keep-in-order (sentence budget), token truncation, seeded random sentence drop."""
+"""`embed-passages`: keeps whole passages by embedding cosine to the question (the 'embedding top-k'
+baseline), best first; none below the relevance floor."""
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import Field
+
 from ragctx.compressors.selection import Granularity, Unit
+from ragctx.method import BuildContext, Method, MethodSettings
 from ragctx.state import PipelineState
 
 # Where EmbeddingPassageFilter records each passage's cosine to the question (PassageResult.scores), so
 # a later compressor in a chain (EHPC) can use it as a passage prior.
 EMBEDDING_SCORE = "embedding"
+# Titled MiniLM cosine below which a passage is not relevant to the question (see `floor`).
+DEFAULT_RELEVANCE_FLOOR = 0.18
 
 
-def _in_order(units: Sequence[Unit]) -> list[float]:
-    # Earlier units (in the current passage order) score higher, so a budget keeps a prefix.
-    return [-float(i) for i in range(len(units))]
-
-
-@dataclass
-class SentenceBudget:
-    """Keeps whole sentences in the current passage order until the budget is spent."""
-
-    name: str = "budget"
-    granularity: Granularity = "sentence"
-
-    def score(self, state: PipelineState, units: Sequence[Unit]) -> list[float]:
-        return _in_order(units)
-
-
-@dataclass
-class Truncation:
-    """Keeps the first tokens of the context, the usual baseline: cuts mid-sentence."""
-
-    name: str = "truncate"
-    granularity: Granularity = "token"
-
-    def score(self, state: PipelineState, units: Sequence[Unit]) -> list[float]:
-        return _in_order(units)
-
-
-@dataclass
-class RandomSentenceDrop:
-    """Keeps random sentences (seeded by the request's seed), a floor any method must beat."""
-
-    name: str = "random-drop"
-    granularity: Granularity = "sentence"
-
-    def score(self, state: PipelineState, units: Sequence[Unit]) -> list[float]:
-        rng = random.Random(state.seed)
-        return [rng.random() for _ in units]
+class EmbedPassagesSettings(MethodSettings):
+    floor: float = Field(
+        default=DEFAULT_RELEVANCE_FLOOR,
+        ge=-1.0,
+        le=1.0,
+        description="A passage whose titled embedding cosine to the question is below this never enters the "
+        "context, even with budget left (a budget is a ceiling, not a target); -1 turns it off. Calibrated on "
+        "NQ-20 dev (`benchmarks/relevance_floor.py`, docs/benchmarks.md).",
+    )
 
 
 @dataclass
 class EmbeddingPassageFilter:
-    """Keeps whole passages by embedding cosine to the question (the 'embedding top-k' baseline); each
-    passage's cosine is recorded under `EMBEDDING_SCORE` (the best of its spans).
+    """Each passage's cosine is recorded under `EMBEDDING_SCORE` (the best of its spans).
 
     A span is embedded under its passage's title, as the index embeds passages: NQ-20 text often never
     names its subject (rows 200-399: the best passage holds the answer 0.82 -> 0.94 with the title).
@@ -66,7 +42,7 @@ class EmbeddingPassageFilter:
     embedder: Any
     name: str = "embed-passages"
     granularity: Granularity = "passage"
-    # Cosine below which a passage is not relevant (Settings.relevance_floor); None = off.
+    # Cosine below which a passage is not relevant; None = off.
     floor: float | None = None
     # Kept passages best first: the context (and a compressor after this one) never depends on the order
     # the caller's retriever returned them in.
@@ -81,3 +57,17 @@ class EmbeddingPassageFilter:
             recorded = state.passages[u.passage_index].scores
             recorded[EMBEDDING_SCORE] = max(s, recorded.get(EMBEDDING_SCORE, s))
         return scores
+
+
+def build(ctx: BuildContext, cfg: EmbedPassagesSettings) -> EmbeddingPassageFilter:
+    return EmbeddingPassageFilter(ctx.models.embedder(), floor=cfg.floor if cfg.floor > -1 else None)
+
+
+METHOD = Method(
+    "embed-passages",
+    "keeps whole passages by embedding cosine to the question (each embedded under its title, as the index "
+    "does), best first; none below `floor`",
+    "compressor",
+    build,
+    EmbedPassagesSettings,
+)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from ragctx.compressors import budget, ehpc, embed_passages, random_drop, truncate
+from ragctx.compressors import bm25, budget, ehpc, embed_passages, random_drop, truncate
 from ragctx.compressors import exit as exit_method
 from ragctx.compressors.selection import CompressStage, ForceKeep
 from ragctx.method import BuildContext, Method, section
@@ -40,6 +40,7 @@ BUILTIN: tuple[Method[Any], ...] = (
     embed_passages.METHOD,
     ehpc.METHOD,
     exit_method.METHOD,
+    bm25.METHOD,
 )
 
 ENTRY_POINT_GROUP = "ragctx.methods"

@@ -37,13 +37,20 @@ def _passage(obj: Any, where: str, k: int) -> Passage:
     )
 
 
-def read_requests(path: Path) -> Iterator[CompressRequest]:
-    """Parse `{"question": str, "passages": [{"id","title","text"}]}` lines; errors name file and line."""
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
+def read_requests(path: Path, max_passage_chars: int | None = None) -> Iterator[CompressRequest]:
+    """Parse `{"question": str, "passages": [{"id","title","text"}]}` lines; errors name file and line
+    (bytes that are not UTF-8 too, and passages longer than `max_passage_chars`)."""
+    with open(path, "rb") as fh:
+        for n, raw_line in enumerate(fh, 1):
+            where = f"{path}:{n}"
+            try:
+                line = raw_line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(
+                    f"{where}: not UTF-8 (byte {exc.object[exc.start]:#04x} at column {exc.start + 1})"
+                ) from None
             if not line.strip():
                 continue
-            where = f"{path}:{n}"
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
@@ -57,4 +64,81 @@ def read_requests(path: Path) -> Iterator[CompressRequest]:
             ids = [p.id for p in passages]
             if len(set(ids)) != len(ids):
                 raise InputError(f"{where}: passage ids must be unique")
+            for k, p in enumerate(passages):
+                if max_passage_chars is not None and len(p.text) > max_passage_chars:
+                    raise InputError(
+                        f"{where}: passages[{k}] has {len(p.text)} characters, more than max_passage_chars "
+                        f"({max_passage_chars}); split it into passages or raise the limit"
+                    )
             yield CompressRequest(n, obj["question"], passages)
+
+
+class ResumableOutput:
+    """JSONL output written line by line to a hidden partial file (`.out.jsonl.partial`), renamed into
+    place when complete. A killed run leaves the partial file; `resume=True` keeps its valid prefix (the
+    lines of the same job, up to a torn last line) and continues after it, so the finished file equals an
+    uninterrupted run's. The first line of the partial file fingerprints the job (input, method, budget,
+    settings): a different job never resumes another's lines."""
+
+    def __init__(self, path: Path, fingerprint: str, resume: bool) -> None:
+        self.path = path
+        self.partial = path.with_name(f".{path.name}.partial")
+        self.fingerprint = fingerprint
+        self.lines: list[str] = self._valid_prefix() if resume else []
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.partial, "w", encoding="utf-8")  # noqa: SIM115 (closed by finish/close)
+        self._fh.write(json.dumps({"ragctx_partial": fingerprint}) + "\n")
+        self._fh.writelines(self.lines)
+        self._fh.flush()
+
+    @property
+    def done(self) -> int:
+        return len(self.lines)
+
+    def _valid_prefix(self) -> list[str]:
+        if not self.partial.exists():
+            return []
+        with open(self.partial, encoding="utf-8", errors="replace") as fh:
+            head = fh.readline()
+            try:
+                theirs = json.loads(head).get("ragctx_partial")
+            except (json.JSONDecodeError, AttributeError):
+                theirs = None
+            if theirs != self.fingerprint:
+                raise InputError(
+                    f"{self.partial} belongs to another job (other input, method, budget or settings); "
+                    "run without --resume to start over"
+                )
+            lines = []
+            for line in fh:
+                if not line.endswith("\n"):
+                    break  # torn by the kill
+                try:
+                    json.loads(line)
+                except json.JSONDecodeError:
+                    break
+                lines.append(line)
+        return lines
+
+    def write(self, obj: dict[str, Any]) -> None:
+        line = json.dumps(obj, ensure_ascii=False) + "\n"
+        self._fh.write(line)
+        self._fh.flush()
+        self.lines.append(line)
+
+    def finish(self) -> None:
+        """Everything written: the output appears complete, in one rename."""
+        import os
+
+        self._fh.close()
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.final.tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.writelines(self.lines)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+        self.partial.unlink()
+
+    def close(self) -> None:
+        """Stopped early (an error, Ctrl-C): the partial file stays for --resume; no output appears."""
+        self._fh.close()

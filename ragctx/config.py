@@ -182,11 +182,30 @@ class CoreSettings(BaseSettings):
         description="Keys accepted as `Authorization: Bearer <key>`; empty = no authentication. "
         "In the environment a JSON list.",
     )
+    allow_public_without_keys: bool = Field(
+        default=False,
+        description="`ragctx serve` on a non-loopback interface without `api_keys` refuses to start unless this is "
+        "true (say so only when the network in front of it authenticates).",
+    )
     max_concurrency: int = Field(
         default=8, ge=1, description="Requests the service works on at once; more get 429 with Retry-After."
     )
+    queue_wait_s: float = Field(
+        default=2.0,
+        ge=0.0,
+        description="A request that finds the service full waits this long for a slot before its 429.",
+    )
+    max_passage_chars: int = Field(
+        default=100_000,
+        ge=1_000,
+        description="Longest passage (characters) a request or an input file may carry; longer: 413 / exit 2. "
+        "Work per passage is bounded by it (one passage is scored as one piece).",
+    )
     request_timeout_s: float = Field(
-        default=30.0, gt=0.0, description="Per-request time limit of the service; past it, 504."
+        default=30.0,
+        gt=0.0,
+        description="Per-request time limit of the service; past it, 504, and the request's work stops at its next "
+        "step (stage, chunk) so its worker is free again.",
     )
     max_passages: int = Field(
         default=200, ge=1, description="Most passages (or rerank documents) one request may carry; more: 413."

@@ -149,6 +149,13 @@ class ContextEngine:
     ) -> CompressedContext:
         """The context for `question`: from `passages` when given (an empty list gives an empty context
         whose stats say so), else from the index; `method` None = the default chain."""
+        longest = self.settings.max_passage_chars
+        for p in passages or ():
+            if len(p.text) > longest:
+                raise ValueError(
+                    f"passage {p.id!r} has {len(p.text)} characters, more than max_passage_chars ({longest}): "
+                    "split it into passages or raise the limit"
+                )
         names = self.stages_for(passages is not None, stages)
         return self.pipeline(method, names).run(
             question, passages, budget or self.default_budget(), seed=self.settings.seed

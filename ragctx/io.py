@@ -13,10 +13,37 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` still runs (on this machine)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Temporary files of `path` left by writers that were killed (kill -9 runs no cleanup): their names
+    carry the writer's pid, and a file whose writer is gone is removed."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and not process_alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+
 @contextlib.contextmanager
 def atomic_write(path: Path, mode: str = "w") -> Iterator[IO[str]]:
+    """Write `path` through a temporary sibling renamed into place: a failed, interrupted (SIGINT/SIGTERM
+    in the CLI) or killed writer never leaves a half-written `path`; a kill -9 leaves the temporary file,
+    which the next write of `path` removes."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode, encoding="utf-8") as fh:
             yield fh
@@ -41,6 +68,11 @@ def save_figure(fig: Any, path: Path, dpi: int = 110) -> None:
 # Calibration files: per-model JSON in the cache directory, written once and read by the method that owns the
 # format (abstention: scoring.abstention; AttnRank and attention bias: reordering.calibration; evaluator heads:
 # compressors.evaluator_heads).
+
+
+class MissingCalibration(FileNotFoundError):
+    """A method needs a per-model calibration that is not there; the message names the command that makes it
+    (the service answers 503, the CLI exits 2)."""
 
 
 def model_slug(name: str) -> str:

@@ -40,11 +40,11 @@ def test_redis_is_a_bounded_lru_cache(compose):
     assert "--maxmemory-policy allkeys-lru" in command
 
 
-def test_both_services_have_health_checks_and_the_api_checks_healthz(compose):
+def test_both_services_have_health_checks_and_the_api_checks_readiness(compose):
     for name, service in compose["services"].items():
         assert service.get("healthcheck", {}).get("test"), f"{name} has no health check"
     api_check = " ".join(compose["services"]["ragctx"]["healthcheck"]["test"])
-    assert "/healthz" in api_check
+    assert "/readyz" in api_check  # models loaded and Redis reachable, not merely the process alive
     assert "redis-cli" in " ".join(compose["services"]["redis"]["healthcheck"]["test"])
 
 
@@ -70,10 +70,22 @@ def test_every_ragctx_variable_is_a_setting_and_the_defaults_are_valid(compose, 
     settings = load_settings()
     assert settings.redis_url == "redis://redis:6379/0"
     assert settings.upstream_base_url is None and settings.api_keys == []
+    assert settings.allow_public_without_keys is False  # so the image refuses 0.0.0.0 without keys
+
+
+def test_serving_on_a_public_interface_without_keys_is_refused_unless_allowed(monkeypatch):
+    from typer.testing import CliRunner
+
+    from ragctx.cli import app
+
+    for key in [k for k in __import__("os").environ if k.startswith("RAGCTX_")]:
+        monkeypatch.delenv(key)
+    refused = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0"])
+    assert refused.exit_code == 2 and "RAGCTX_API_KEYS" in refused.output
 
 
 def test_the_image_serves_on_all_interfaces_with_a_health_check():
     dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
     assert re.search(r'^CMD \["ragctx", "serve", "--host", "0\.0\.0\.0"', dockerfile, re.M)
-    assert "HEALTHCHECK" in dockerfile and "/healthz" in dockerfile
+    assert "HEALTHCHECK" in dockerfile and "/readyz" in dockerfile
     assert "EXPOSE 8000" in dockerfile

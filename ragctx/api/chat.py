@@ -23,7 +23,7 @@ from starlette.background import BackgroundTask
 
 from ragctx.api.errors import ApiError
 from ragctx.api.limits import Slot, run_in_thread
-from ragctx.api.routes import check_passage_count, service_of
+from ragctx.api.routes import check_passages, service_of
 from ragctx.api.schemas import ChatRequest
 from ragctx.api.service import Service
 from ragctx.reader import LocalAnswer
@@ -69,7 +69,7 @@ async def chat_completions(body: ChatRequest, request: Request) -> Response:
     options = body.ragctx
     passages = [p.to_passage() for p in options.passages] if options.passages else None
     if passages:
-        check_passage_count(service, len(passages))
+        check_passages(service, [p.text for p in passages])
     budget = options.to_budget(service.engine.default_budget())
     question = body.question()
     soft = options.method in SOFT_METHODS
@@ -79,7 +79,7 @@ async def chat_completions(body: ChatRequest, request: Request) -> Response:
             f"method {options.method!r} makes a soft prompt (embeddings) that cannot be sent to the text-only "
             "upstream API; use a text method, or run the service without an upstream so the local reader answers",
         )
-    slot = service.admit()
+    slot = await service.admit()
     handed_to_stream = False
     try:
         with service.deadline():

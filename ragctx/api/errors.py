@@ -11,6 +11,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ragctx.deadline import DeadlineExceeded
+from ragctx.io import MissingCalibration
+
 log = logging.getLogger(__name__)
 
 # Error types by status, named as OpenAI's API names them where it has a name for them.
@@ -72,6 +75,24 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
     return JSONResponse(body, status_code=422)
 
 
+def timeout_message(seconds: float) -> str:
+    return f"the request took longer than the service's limit of {seconds:g} s"
+
+
+async def _on_deadline(request: Request, exc: Exception) -> JSONResponse:
+    # The work itself noticed it was past the request's time limit (before the route's timer fired).
+    service = getattr(request.app.state, "service", None)
+    seconds = service.settings.request_timeout_s if service is not None else float("nan")
+    if service is not None:
+        service.metrics.rejections.labels("timeout").inc()
+    return error_response(504, timeout_message(seconds))
+
+
+async def _on_missing_calibration(request: Request, exc: Exception) -> JSONResponse:
+    # The method works once the model is calibrated: the message names the command.
+    return error_response(503, f"this method is not ready for the configured model: {exc}", "not_ready_error")
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s", request.url.path)
     return error_response(500, "internal error; the request id in X-Request-Id finds it in the log")
@@ -80,4 +101,6 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(DeadlineExceeded, _on_deadline)
+    app.add_exception_handler(MissingCalibration, _on_missing_calibration)
     app.add_exception_handler(Exception, _on_unexpected)

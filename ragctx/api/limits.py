@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
@@ -10,7 +11,8 @@ from typing import TypeVar
 import anyio
 import anyio.to_thread
 
-from ragctx.api.errors import ApiError
+from ragctx.api.errors import ApiError, timeout_message
+from ragctx.deadline import deadline_until
 
 T = TypeVar("T")
 
@@ -23,6 +25,8 @@ class Slot:
 
     def __init__(self, limiter: ConcurrencyLimiter) -> None:
         self._limiter = limiter
+        # When the request's work must stop (time.monotonic()); its worker threads check it between steps.
+        self.deadline_at: float | None = None
         self._holds = 1  # the request's own, plus one per running worker thread
         self._released = False
 
@@ -59,14 +63,17 @@ class ConcurrencyLimiter:
             self.active += 1
         return Slot(self)
 
-    def admit(self) -> Slot:
-        slot = self.try_acquire()
-        if slot is None:
-            raise ApiError(
-                429,
-                f"the service is working on its maximum of {self.limit} requests; retry shortly",
-                headers={"Retry-After": str(RETRY_AFTER_S)},
-            )
+    async def admit(self, wait_s: float = 0.0) -> Slot:
+        """A slot, waiting up to `wait_s` for one to free (a short queue absorbs bursts), else 429."""
+        give_up = time.monotonic() + wait_s
+        while (slot := self.try_acquire()) is None:
+            if time.monotonic() >= give_up:
+                raise ApiError(
+                    429,
+                    f"the service is working on its maximum of {self.limit} requests; retry shortly",
+                    headers={"Retry-After": str(RETRY_AFTER_S)},
+                )
+            await anyio.sleep(0.01)
         return slot
 
 
@@ -77,7 +84,8 @@ async def run_in_thread(slot: Slot, fn: Callable[[], T]) -> T:
 
     def work() -> T:
         try:
-            return fn()
+            with deadline_until(slot.deadline_at):
+                return fn()
         finally:
             slot.drop()
 
@@ -92,4 +100,4 @@ def time_limit(seconds: float, on_timeout: Callable[[], None] | None = None) -> 
     except TimeoutError:
         if on_timeout is not None:
             on_timeout()
-        raise ApiError(504, f"the request took longer than the service's limit of {seconds:g} s") from None
+        raise ApiError(504, timeout_message(seconds)) from None

@@ -36,11 +36,22 @@ def service_of(request: Request) -> Service:
     return service
 
 
-def check_passage_count(service: Service, count: int, what: str = "passages") -> None:
+def check_passages(service: Service, texts: list[str], what: str = "passages") -> None:
+    """413 for more passages than `max_passages`, or one longer than `max_passage_chars`: work per
+    request stays bounded, so one request cannot hold a worker for minutes."""
     limit = service.settings.max_passages
-    if count > limit:
+    if len(texts) > limit:
         service.metrics.rejections.labels("too_large").inc()
-        raise ApiError(413, f"{count} {what} in one request; the limit is {limit} (max_passages)")
+        raise ApiError(413, f"{len(texts)} {what} in one request; the limit is {limit} (max_passages)")
+    longest = service.settings.max_passage_chars
+    for i, text in enumerate(texts):
+        if len(text) > longest:
+            service.metrics.rejections.labels("too_large").inc()
+            raise ApiError(
+                413,
+                f"{what} {i} has {len(text)} characters; the limit is {longest} per passage (max_passage_chars): "
+                "split it into passages",
+            )
 
 
 async def run_pipeline(
@@ -53,7 +64,7 @@ async def run_pipeline(
     stages: list[str] | None,
 ) -> dict[str, Any]:
     """Admit the request, run the pipeline in a worker thread under the deadline, record metrics."""
-    slot = service.admit()
+    slot = await service.admit()
     try:
         with service.deadline():
             ctx = await run_in_thread(slot, lambda: service.build_context(question, passages, budget, method, stages))
@@ -75,7 +86,7 @@ async def context(body: ContextRequest, request: Request) -> dict[str, Any]:
 async def compress(body: CompressRequest, request: Request) -> dict[str, Any]:
     """Run the pipeline (without retrieval) over the caller's passages."""
     service = service_of(request)
-    check_passage_count(service, len(body.passages))
+    check_passages(service, [p.text for p in body.passages])
     budget = body.to_budget(service.engine.default_budget())
     passages = [p.to_passage() for p in body.passages]
     return await run_pipeline(service, "/v1/compress", body.question, passages, budget, body.method, body.stages)
@@ -85,9 +96,9 @@ async def compress(body: CompressRequest, request: Request) -> dict[str, Any]:
 async def documents(body: DocumentsRequest, request: Request) -> DocumentsResponse:
     """Add passages to the index (creating it if there is none); ids already present are skipped."""
     service = service_of(request)
-    check_passage_count(service, len(body.passages))
+    check_passages(service, [p.text for p in body.passages])
     passages = [p.to_passage() for p in body.passages]
-    slot = service.admit()
+    slot = await service.admit()
     try:
         # No time limit: an index write abandoned half-way would still finish, so a 504 would mislead.
         result = await run_in_thread(slot, lambda: service.ingest(passages))
@@ -106,9 +117,9 @@ async def documents(body: DocumentsRequest, request: Request) -> DocumentsRespon
 async def rerank(body: RerankRequest, request: Request) -> JSONResponse:
     """Cohere-compatible reranking: documents by cosine similarity of their embedding to the query's."""
     service = service_of(request)
-    check_passage_count(service, len(body.documents), "documents")
     texts = [body.document_text(d) for d in body.documents]
-    slot = service.admit()
+    check_passages(service, texts, "documents")
+    slot = await service.admit()
     try:
         with service.deadline():
             vectors = await service.embed_batcher.submit_many([body.query, *texts])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -110,13 +111,16 @@ class Service:
 
     # ---- admission -----------------------------------------------------------------------------------
 
-    def admit(self) -> Slot:
-        """A slot of `max_concurrency`, or 429 with Retry-After; release it when the request is done."""
+    async def admit(self) -> Slot:
+        """A slot of `max_concurrency` (waiting up to `queue_wait_s` for one), or 429 with Retry-After;
+        release it when the request is done. Its work stops at the request's time limit."""
         try:
-            return self.limiter.admit()
+            slot = await self.limiter.admit(self.settings.queue_wait_s)
         except ApiError:
             self.metrics.rejections.labels("busy").inc()
             raise
+        slot.deadline_at = time.monotonic() + self.settings.request_timeout_s
+        return slot
 
     def deadline(self) -> AbstractContextManager[None]:
         """The request's time limit: past `request_timeout_s` the work inside is cancelled, and 504."""

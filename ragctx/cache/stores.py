@@ -84,7 +84,9 @@ class RedisStore:
 
         self.url = url
         self.ttl_s = ttl_s
-        self._errors: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError, OSError)
+        # Every Redis error (connection, timeout, OOM under `noeviction`, READONLY replicas, other server
+        # replies) means "compute without the cache this time", never a failed request.
+        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
         self._client: Any = redis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry_on_timeout=False
         )

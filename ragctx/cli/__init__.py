@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib
 import logging
+import signal
+import threading
 from typing import Annotated
 
 import typer
@@ -24,3 +26,11 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    # SIGTERM (a job scheduler stopping us, `kill`) unwinds like Ctrl-C, so temporary files are removed
+    # and partial outputs stay resumable; `ragctx serve` replaces it with uvicorn's graceful shutdown.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")

@@ -78,15 +78,20 @@ def compress(
     method: MethodOpt = None,
     budget: BudgetOpt = None,
     rate: RateOpt = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue a killed or interrupted run of the same job from its last line.")
+    ] = False,
     config: ConfigOpt = None,
 ) -> None:
     """Compress caller-given passages in batch (no retrieval); models load once. Without --method, the
-    default chain (the dev bench's best); without --budget or --rate, the default rate (`ragctx config`)."""
+    default chain (the dev bench's best); without --budget or --rate, the default rate (`ragctx config`).
+    The output appears only when complete; an interrupted run continues with --resume."""
+    import hashlib
+
     from tqdm import tqdm
 
-    from ragctx.batch import InputError, read_requests
+    from ragctx.batch import InputError, ResumableOutput, read_requests
     from ragctx.engine import ContextEngine
-    from ragctx.io import atomic_write
 
     s = settings_or_exit(config)
     b = budget_or_exit(s, budget, rate)
@@ -94,22 +99,35 @@ def compress(
     if not input.is_file():
         fail(f"input file {input} does not exist")
     try:
-        requests = list(read_requests(input))  # validate everything before any work or output
-    except (InputError, UnicodeDecodeError) as exc:
+        # Validate everything before any work or output.
+        requests = list(read_requests(input, s.max_passage_chars))
+    except InputError as exc:
         fail(str(exc))
         return
     engine = ContextEngine(s)
     check_method_or_exit(method)
-    tokens_in = tokens_out = 0
+    job = hashlib.sha256(input.read_bytes())
+    job.update(json.dumps([method, b.tokens, b.rate, s.model_dump_json()]).encode())
     try:
-        with atomic_write(output) as fh:
-            for req in tqdm(requests, desc="compress", unit="q", disable=len(requests) < 2):
-                ctx = engine.run(req.question, req.passages, method, b)
-                tokens_in += ctx.tokens_in
-                tokens_out += ctx.tokens_out
-                fh.write(json.dumps(ctx.to_dict(), ensure_ascii=False) + "\n")
-    except (ValueError, FileNotFoundError) as exc:  # the output was never renamed into place
+        out = ResumableOutput(output, job.hexdigest()[:32], resume)
+    except InputError as exc:
         fail(str(exc), 2)
         return
+    tokens_in = tokens_out = 0
+    try:
+        todo = requests[out.done :]
+        for req in tqdm(todo, desc="compress", unit="q", disable=len(todo) < 2, initial=out.done, total=len(requests)):
+            ctx = engine.run(req.question, req.passages, method, b)
+            tokens_in += ctx.tokens_in
+            tokens_out += ctx.tokens_out
+            out.write(ctx.to_dict())
+        out.finish()
+    except (ValueError, FileNotFoundError) as exc:  # the output was never renamed into place
+        out.close()
+        fail(str(exc), 2)
+        return
+    except BaseException:
+        out.close()
+        raise
     ratio = tokens_out / tokens_in if tokens_in else 1.0
     err.print(f"wrote {len(requests)} contexts to {output}: {tokens_in} -> {tokens_out} tokens ({ratio:.2f})")

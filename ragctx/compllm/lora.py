@@ -1,4 +1,4 @@
-"""Low-rank adapters attached to a frozen model by forward hooks, only while they are needed.
+"""Low-rank adapters attached to a frozen model by forward hooks, only while (and where) they are needed.
 
 `y = W x` becomes `y = W x + (alpha / r) * B(A(x))` on the target linear layers for the duration of
 a `with adapter.attached(model):` block. Outside it the base model is untouched, so the same loaded
@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from ragctx.forward_hooks import post_hooks
 
 
 def target_linears(model: nn.Module, targets: Sequence[str]) -> dict[str, nn.Linear]:
@@ -45,15 +47,11 @@ class LoRAAdapter(nn.Module):
 
     @contextlib.contextmanager
     def attached(self, model: nn.Module) -> Iterator[None]:
+        """Adapted forwards for this context only: another thread using the same model meanwhile (the
+        scorer, the plain reader) runs the base model (forward_hooks)."""
         modules = dict(model.named_modules())
-        handles = []
-        for i, name in enumerate(self.names):
-            handles.append(modules[name].register_forward_hook(self._hook(i)))
-        try:
+        with post_hooks({modules[name]: self._hook(i) for i, name in enumerate(self.names)}):
             yield
-        finally:
-            for h in handles:
-                h.remove()
 
     def _hook(self, i: int) -> Any:
         def hook(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:

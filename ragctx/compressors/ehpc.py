@@ -28,6 +28,7 @@ from pydantic import Field
 
 from ragctx.compressors.embed_passages import EMBEDDING_SCORE
 from ragctx.compressors.selection import Granularity, Unit
+from ragctx.deadline import check_deadline
 from ragctx.method import BuildContext, Method, MethodSettings
 from ragctx.state import PipelineState
 
@@ -134,6 +135,7 @@ class EHPCScorer:
     ) -> None:
         from ragctx.compressors.evaluator_heads import QUESTION_PREFIX
 
+        check_deadline()
         layout = layout_chunk(state, units, by_passage, passages)
         question = QUESTION_PREFIX + state.question + self.query_suffix
         if self.segments is not None:

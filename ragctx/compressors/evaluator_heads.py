@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from ragctx.io import atomic_write, model_slug, read_calibration
+from ragctx.io import MissingCalibration, atomic_write, model_slug, read_calibration
 from ragctx.kernels import attention_mass
 from ragctx.models import LanguageModel
 from ragctx.scoring.lm_attention import capture_qk
@@ -63,7 +63,7 @@ def load_heads(cache_dir: Path, lm: LanguageModel) -> EvaluatorHeads:
     if not path.is_file() and lm.name in BUNDLED_HEADS:
         path = BUNDLED_HEADS[lm.name]
     if not path.is_file():
-        raise FileNotFoundError(f"no evaluator heads for model {lm.name!r}; run `ragctx calibrate heads`")
+        raise MissingCalibration(f"no evaluator heads for model {lm.name!r}; run `ragctx calibrate heads`")
     data = read_calibration(path)
     data["heads"] = [tuple(h) for h in data["heads"]]
     return EvaluatorHeads(**data)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from ragctx.compressors.selection import Granularity, Unit
+from ragctx.deadline import check_deadline
 from ragctx.method import BuildContext, Method, MethodSettings
 from ragctx.state import PipelineState
 from ragctx.types import Passage
@@ -70,6 +71,7 @@ class ExitLMScorer:
             by_passage.setdefault(u.passage_index, []).append(i)
         scores = [0.0] * len(units)
         for p, idxs in by_passage.items():
+            check_deadline()
             passage = state.passages[p].passage
             seqs = [self.prompt_ids(state.question, passage, passage.text[units[i].start : units[i].end]) for i in idxs]
             for i, value in zip(idxs, self.p_yes(last_token_logits(self.lm, seqs, self.batch_size)), strict=True):

@@ -1,13 +1,16 @@
 """A FAISS index over normalized sentence-transformers embeddings, with its passages in SQLite.
 
 On disk, a directory holds `index.faiss`, `docs.sqlite` (table `docs`: rowid = FAISS id, id, title, text,
-metadata JSON) and `manifest.json`. Every write (build or add) happens in a temporary sibling directory
-that then replaces the index directory by renames, so a failure half-way (a malformed corpus line, a full
-disk, Ctrl-C) leaves the previous index exactly as it was.
+metadata JSON) and `manifest.json`. The index path is a symlink to a version folder beside it
+(`.index.v-<pid>-<id>`). Every write (build or add) fills a new version folder, then swaps the symlink in
+one atomic rename, so a failure half-way (a malformed corpus line, a full disk, Ctrl-C, kill -9) leaves the
+previous index exactly as it was and readers always find one; version folders of killed builds are
+removed by the next build.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -25,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import faiss
 import numpy as np
 
+from ragctx.io import process_alive
 from ragctx.types import Passage
 
 if TYPE_CHECKING:
@@ -435,29 +439,58 @@ def _check_replaceable(directory: Path) -> None:
             raise FileExistsError(f"{directory} is not empty and holds no ragctx index; refusing to replace it")
 
 
+def _version_prefix(directory: Path) -> str:
+    return f".{directory.name}.v-"
+
+
+def _remove_stale_versions(directory: Path) -> None:
+    """Version folders nothing points at, left by a killed build (its process is gone), and leftovers of
+    the layout before versioned folders (`.tmp-*`, `.old-*`)."""
+    current = directory.resolve() if directory.is_symlink() else None
+    for path in directory.parent.glob(f".{directory.name}.*"):
+        if not path.is_dir() or path.is_symlink() or path.resolve() == current:
+            continue
+        name = path.name
+        if name.startswith(_version_prefix(directory)):
+            pid = name[len(_version_prefix(directory)) :].split("-", 1)[0]
+            if pid.isdigit() and process_alive(int(pid)):
+                continue  # another build in progress
+        elif not (name.startswith(f".{directory.name}.tmp-") or name.startswith(f".{directory.name}.old-")):
+            continue
+        log.info("removing a stale index build folder %s", path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @contextmanager
 def _staging(directory: Path) -> Iterator[Path]:
-    """A fresh sibling directory of `directory`, removed afterwards unless it was swapped in."""
+    """A fresh version folder beside `directory`, removed afterwards unless it was swapped in."""
     directory.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_versions(directory)
     # mkdir (not mkdtemp) so the index directory gets the usual permissions of the user's umask.
-    tmp = directory.with_name(f".{directory.name}.tmp-{uuid.uuid4().hex[:12]}")
+    tmp = directory.with_name(f"{_version_prefix(directory)}{os.getpid()}-{uuid.uuid4().hex[:12]}")
     tmp.mkdir()
     try:
         yield tmp
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not (directory.is_symlink() and directory.resolve() == tmp.resolve()):
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _swap_in(new: Path, target: Path) -> None:
-    """Replace `target` by `new` with renames (atomic on one filesystem), then delete the old copy."""
-    old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}") if target.exists() else None
-    if old is not None:
-        os.rename(target, old)
+    """Point `target`, a symlink, at the version folder `new` in one atomic rename (there is never a
+    moment without an index), then delete the version it pointed at. An index directory from before
+    versioned folders is moved aside once, then replaced the same way."""
+    previous = target.resolve() if target.is_symlink() else None
+    if target.exists() and not target.is_symlink():
+        previous = target.with_name(f"{_version_prefix(target)}legacy-{uuid.uuid4().hex[:8]}")
+        os.rename(target, previous)
+    link = target.with_name(f".{target.name}.link-{uuid.uuid4().hex[:8]}")
+    os.symlink(new.name, link)  # relative: the index folder and its versions move together
     try:
-        os.rename(new, target)
+        os.replace(link, target)
     except BaseException:
-        if old is not None:
-            os.rename(old, target)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(link)
         raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    if previous is not None and previous != new.resolve():
+        shutil.rmtree(previous, ignore_errors=True)

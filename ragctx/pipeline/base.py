@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from ragctx.deadline import check_deadline
 from ragctx.state import Budget, PipelineState, TokenCounting, render
 from ragctx.types import CompressedContext, Passage, StageStats
 
@@ -49,6 +50,7 @@ class Pipeline:
         if state.passages:
             state.reference_tokens = tokens
         for stage in self.stages:
+            check_deadline()  # a request past its time limit stops here, freeing its worker
             state.notes = {}
             started = time.perf_counter()
             if state.kept() or stage.name == "retrieve":

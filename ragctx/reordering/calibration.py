@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ragctx.io import atomic_write, calibration_path, model_slug, read_calibration
+from ragctx.io import MissingCalibration, atomic_write, calibration_path, model_slug, read_calibration
 from ragctx.models import LanguageModel
 from ragctx.reordering.prompt import slotted_prompt, template_id
 from ragctx.sample import load_sample
@@ -96,7 +96,7 @@ def calibrate_attnrank(
 def load_attnrank(cache_dir: Path, lm: LanguageModel, k: int) -> AttnRankProfile:
     path = attnrank_path(cache_dir, lm, k)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingCalibration(
             f"no AttnRank profile for model {lm.name!r} and k={k}; run `ragctx calibrate attnrank --k {k}`"
         )
     return AttnRankProfile(**read_calibration(path))
@@ -163,7 +163,7 @@ def load_attention_bias(
 ) -> AttentionBias:
     path = attention_bias_path(cache_dir, lm, k, layers, aggregate)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingCalibration(
             f"no positional attention bias for model {lm.name!r}, k={k}, aggregate={aggregate}; "
             f"run `ragctx calibrate attention-bias --k {k}`"
         )

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ragctx.forward_hooks import pre_hooks
 from ragctx.kernels import attention_mass
 from ragctx.models import LanguageModel
 
@@ -111,7 +112,6 @@ def capture_qk(
         raise ValueError("the head-scoring pass takes one sequence: input_ids of shape (1, N)")
     decoder = decoder_layers(lm)
     deepest = max(layers)
-    handles = []
 
     def make_hook(layer_idx: int) -> Callable[..., None]:
         def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -134,18 +134,13 @@ def capture_qk(
 
         return hook
 
-    try:
-        for idx in sorted(set(layers)):
-            attn: Any = decoder[idx].self_attn
-            handles.append(attn.register_forward_pre_hook(make_hook(idx), with_kwargs=True))
-        with torch.inference_mode(), contextlib.suppress(_StopForward):
-            if past is None:
-                lm.model(input_ids.to(lm.device), use_cache=False)
-            else:
-                lm.model(input_ids.to(lm.device), **{_cache_argument(lm): past}, use_cache=True)
-    finally:
-        for h in handles:
-            h.remove()
+    # The hooks are this call's own (forward_hooks): concurrent calls on the shared model never see them.
+    hooks: dict[Any, Callable[..., None]] = {decoder[idx].self_attn: make_hook(idx) for idx in sorted(set(layers))}
+    with pre_hooks(hooks), torch.inference_mode(), contextlib.suppress(_StopForward):
+        if past is None:
+            lm.model(input_ids.to(lm.device), use_cache=False)
+        else:
+            lm.model(input_ids.to(lm.device), **{_cache_argument(lm): past}, use_cache=True)
 
 
 def question_attention(

@@ -25,6 +25,8 @@ from typing import Any
 import torch
 
 from ragctx.cache import CachedValue, SegmentCache, content_key
+from ragctx.deadline import check_deadline
+from ragctx.forward_hooks import pre_hooks
 from ragctx.kernels import attention_mass
 from ragctx.models import LanguageModel
 from ragctx.scoring.lm_attention import HeadSelection, apply_rope, capture_qk, decoder_layers
@@ -147,7 +149,11 @@ class SegmentKVCache:
         take shapes from its neighbours, and CPU kernels pick their blocking (so their rounding) by
         shape. Per segment, an entry is the same bytes whenever and with whatever it is computed, so
         a content-addressed key always holds one value (tests check it bit for bit)."""
-        return [self._encode_one([*prefix, *ids], len(prefix), depth) for ids in token_ids]
+        out = []
+        for ids in token_ids:
+            check_deadline()
+            out.append(self._encode_one([*prefix, *ids], len(prefix), depth))
+        return out
 
     def _encode_one(self, ids: list[int], skip: int, depth: int) -> SegmentKV:
         lm = self.lm
@@ -167,13 +173,9 @@ class SegmentKVCache:
                 raise _StopForward
 
         layers: Any = decoder_layers(lm)
-        handles = [layers[i].self_attn.register_forward_pre_hook(hook, with_kwargs=True) for i in range(depth + 1)]
-        try:
-            with torch.inference_mode(), contextlib.suppress(_StopForward):
-                lm.model(torch.tensor([ids], device=lm.device), use_cache=False)
-        finally:
-            for h in handles:
-                h.remove()
+        hooks = {layers[i].self_attn: hook for i in range(depth + 1)}
+        with pre_hooks(hooks), torch.inference_mode(), contextlib.suppress(_StopForward):
+            lm.model(torch.tensor([ids], device=lm.device), use_cache=False)
         return SegmentKV(torch.stack(keys).contiguous(), torch.stack(values).contiguous())
 
     # ---- the query path -------------------------------------------------------------------------

@@ -54,26 +54,23 @@ def _ensure(module: nn.Module, flag: str) -> None:
 
 
 @contextlib.contextmanager
-def pre_hooks(hooks: Mapping[nn.Module, PreHook]) -> Iterator[None]:
+def _in_context(var: ContextVar[Mapping[int, Any]], flag: str, hooks: Mapping[nn.Module, Any]) -> Iterator[None]:
+    for module in hooks:
+        _ensure(module, flag)
+    token = var.set({**var.get(), **{id(m): h for m, h in hooks.items()}})
+    try:
+        yield
+    finally:
+        var.reset(token)
+
+
+def pre_hooks(hooks: Mapping[nn.Module, PreHook]) -> contextlib.AbstractContextManager[None]:
     """Within the block, forwards run by this context call `hooks[module](module, args, kwargs)` before
     `module`; other threads' forwards through the same modules do not."""
-    for module in hooks:
-        _ensure(module, _PRE_FLAG)
-    token = _PRE.set({**_PRE.get(), **{id(m): h for m, h in hooks.items()}})
-    try:
-        yield
-    finally:
-        _PRE.reset(token)
+    return _in_context(_PRE, _PRE_FLAG, hooks)
 
 
-@contextlib.contextmanager
-def post_hooks(hooks: Mapping[nn.Module, PostHook]) -> Iterator[None]:
+def post_hooks(hooks: Mapping[nn.Module, PostHook]) -> contextlib.AbstractContextManager[None]:
     """Within the block, forwards run by this context replace `module`'s output by
     `hooks[module](module, args, output)` (None keeps it)."""
-    for module in hooks:
-        _ensure(module, _POST_FLAG)
-    token = _POST.set({**_POST.get(), **{id(m): h for m, h in hooks.items()}})
-    try:
-        yield
-    finally:
-        _POST.reset(token)
+    return _in_context(_POST, _POST_FLAG, hooks)

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -377,3 +378,43 @@ def test_a_method_whose_calibration_is_missing_answers_503_naming_the_command(se
         response = http.post("/v1/compress", json=body)
     assert response.status_code == 503
     assert "ragctx calibrate attnrank --k 3" in response.json()["error"]["message"]
+
+
+@pytest.mark.slow
+def test_a_stalled_redis_sigstopped_mid_load_fails_no_request(redis_server, settings, registry, nq20_rows):
+    engine = ContextEngine(
+        load_settings(cache_dir=settings.cache_dir, segment_kv=True, redis_url=redis_server.url, redis_timeout_s=0.2),
+        registry,
+    )
+    rows = nq20_rows[12:16]
+    want = [engine.run(r["question"], passages_of(r)[:3], method="ehpc", budget=Budget(rate=0.3)).text for r in rows]
+    assert redis_server.proc is not None
+    with ThreadPoolExecutor(8) as pool:
+        futures = [
+            pool.submit(engine.run, r["question"], passages_of(r)[:3], method="ehpc", budget=Budget(rate=0.3))
+            for r in rows * 4
+        ]
+        redis_server.proc.send_signal(signal.SIGSTOP)  # mid-load: some requests are already reading
+        try:
+            got = [f.result(timeout=300).text for f in futures]
+        finally:
+            redis_server.proc.send_signal(signal.SIGCONT)
+    assert got == want * 4
+    assert engine.segment_cache.stats.fallbacks >= 1
+
+
+def test_eight_huge_passages_in_flight_do_not_keep_a_small_request_waiting(service_url, nq20_rows):
+    huge = {"question": "who?", "passages": [{"id": "a", "text": "word " * 380_000}]}  # 1.9 MB each
+    small = {
+        "question": nq20_rows[0]["question"],
+        "passages": [{"id": "b", "text": "A short one."}],
+        "method": "budget",
+    }
+    with httpx.Client(base_url=service_url, timeout=120) as http, ThreadPoolExecutor(9) as pool:
+        floods = [pool.submit(http.post, "/v1/compress", json=huge) for _ in range(8)]
+        t0 = time.monotonic()
+        answer = http.post("/v1/compress", json=small)
+        waited = time.monotonic() - t0
+        codes = [f.result().status_code for f in floods]
+    assert answer.status_code == 200 and waited < 10
+    assert codes == [413] * 8

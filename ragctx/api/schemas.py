@@ -98,11 +98,21 @@ class BudgetFields(BaseModel):
 Question = Annotated[str, Field(min_length=1, max_length=10_000, pattern=r"\S")]
 
 
-class ContextRequest(BudgetFields):
+class ContextFields(BudgetFields):
+    """What /v1/context and /v1/compress take beyond the budget."""
+
+    include_text: bool = Field(
+        default=False,
+        description="Also return each passage's whole text (`passages[].text`), dropped parts included: what "
+        "an inspector needs to show the kept spans in place.",
+    )
+
+
+class ContextRequest(ContextFields):
     question: Question
 
 
-class CompressRequest(BudgetFields):
+class CompressRequest(ContextFields):
     question: Question
     # An empty list is not an error: the context is empty and its stats say why.
     passages: list[PassageIn]
@@ -125,6 +135,7 @@ class PassageOut(BaseModel):
     scores: dict[str, float]
     metadata: dict[str, Any]
     spans: list[SpanOut]
+    text: str | None = Field(default=None, description="The passage's whole text; only with `include_text`.")
 
 
 class StageStatsOut(BaseModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -25,6 +25,20 @@ from ragctx.cli.common import (
     settings_or_exit,
 )
 from ragctx.registry import SOFT_METHODS, soft_method_error, text_method
+from ragctx.state import Budget
+
+if TYPE_CHECKING:
+    from ragctx.batch import CompressRequest
+
+HtmlOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--html",
+        help="Also write a self-contained HTML report (one file, opens offline): each passage in its final order "
+        "with the kept spans highlighted, scores, labels and per-stage tokens and ms.",
+        dir_okay=False,
+    ),
+]
 
 
 @app.command()
@@ -39,6 +53,7 @@ def query(
     answer: Annotated[
         bool, typer.Option("--answer", help="Also answer with the local reader (needed for --method compllm).")
     ] = False,
+    html: HtmlOpt = None,
     config: ConfigOpt = None,
     index_dir: IndexDirOpt = None,
 ) -> None:
@@ -62,6 +77,11 @@ def query(
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc), 2)
         return
+    if html is not None:
+        from ragctx.inspector import ReportSection, write_report
+
+        write_report(html, [ReportSection.of(ctx, method, b)], title=f"ragctx: {question}")
+        err.print(f"wrote the report to {html}")
     if as_json:
         out = ctx.to_dict() | ({"answer": reply.text} if reply else {})
         sys.stdout.write(json.dumps(out, ensure_ascii=False, indent=2) + "\n")
@@ -78,6 +98,7 @@ def compress(
     method: MethodOpt = None,
     budget: BudgetOpt = None,
     rate: RateOpt = None,
+    html: HtmlOpt = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue a killed or interrupted run of the same job from its last line.")
     ] = False,
@@ -131,3 +152,22 @@ def compress(
         raise
     ratio = tokens_out / tokens_in if tokens_in else 1.0
     err.print(f"wrote {len(requests)} contexts to {output}: {tokens_in} -> {tokens_out} tokens ({ratio:.2f})")
+    if html is not None:
+        write_batch_report(html, output, requests, method, b)
+        err.print(f"wrote the report to {html}")
+
+
+def write_batch_report(
+    html: Path, output: Path, requests: list[CompressRequest], method: str | None, b: Budget
+) -> None:
+    """The report of a finished batch, from its output file (so a resumed run's earlier lines are in it too)
+    and the passage texts of its input."""
+    from ragctx.inspector import ReportSection, write_report
+
+    with open(output, encoding="utf-8") as fh:
+        results = [json.loads(line) for line in fh if line.strip()]
+    sections = [
+        ReportSection.from_output(result, {p.id: p.text for p in req.passages}, method, b, req.answers)
+        for result, req in zip(results, requests, strict=True)
+    ]
+    write_report(html, sections, title=f"ragctx: {len(sections)} questions from {output.name}")

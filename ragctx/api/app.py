@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 import anyio.to_thread
 from fastapi import FastAPI
 
-from ragctx.api import chat, routes, ui
+from ragctx.api import chat, rerank, routes, ui
 from ragctx.api.errors import install_error_handlers
 from ragctx.api.middleware import GuardMiddleware, RequestContextMiddleware
 from ragctx.api.service import Service
@@ -49,6 +49,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.state.service = service
     install_error_handlers(app)
     app.include_router(routes.router)
+    app.include_router(rerank.router)
     app.include_router(chat.router)
     app.include_router(ui.router)
     # Added innermost first: the request context wraps everything, so refusals get ids and logs too.

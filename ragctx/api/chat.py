@@ -24,7 +24,7 @@ from starlette.background import BackgroundTask
 from ragctx.api.errors import ApiError
 from ragctx.api.limits import Slot, run_in_thread
 from ragctx.api.routes import check_passages, service_of
-from ragctx.api.schemas import ChatRequest
+from ragctx.api.schemas import ChatRequest, ModelCard, ModelList
 from ragctx.api.service import Service
 from ragctx.reader import LocalAnswer
 from ragctx.registry import SOFT_METHODS, text_method
@@ -262,3 +262,57 @@ def _message_of(content: bytes, status: int) -> str:
     except ValueError:
         pass
     return f"the upstream API answered {status}: {content[:300].decode('utf-8', 'replace')}"
+
+
+# ---- models (OpenAI's shape): what clients and UIs list on start-up -----------------------------------
+
+
+def _local_model(service: Service) -> dict[str, Any]:
+    return {
+        "id": f"ragctx-local/{service.settings.reader_model}",
+        "object": "model",
+        "created": service.started_at,
+        "owned_by": "ragctx",
+    }
+
+
+async def _upstream_get(service: Service, request: Request, path: str) -> Any:
+    assert service.upstream is not None
+    try:
+        response = await service.upstream.get(path, headers=_passed_on_authorization(service, request))
+    except httpx.TimeoutException:
+        raise ApiError(504, "the upstream API did not answer in time") from None
+    except httpx.HTTPError as exc:
+        raise ApiError(502, f"the upstream API is unreachable: {exc}") from None
+    if response.status_code >= 400:
+        raise _upstream_failed(response.status_code, response.content)
+    try:
+        return response.json()
+    except ValueError:
+        raise ApiError(502, "the upstream API answered with something that is not JSON") from None
+
+
+@router.get("/v1/models", response_model=ModelList, tags=["chat"])
+async def list_models(request: Request) -> dict[str, Any]:
+    """The upstream's models when one is configured (passed through), else the local reader."""
+    service = service_of(request)
+    if service.upstream is None:
+        return {"object": "list", "data": [_local_model(service)]}
+    data = await _upstream_get(service, request, "models")
+    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+        raise ApiError(502, "the upstream API's model list is not OpenAI's shape")
+    return data
+
+
+@router.get("/v1/models/{model_id:path}", response_model=ModelCard, tags=["chat"])
+async def retrieve_model(model_id: str, request: Request) -> dict[str, Any]:
+    service = service_of(request)
+    if service.upstream is None:
+        local = _local_model(service)
+        if model_id != local["id"]:
+            raise ApiError(404, f"model {model_id!r} not found; this service serves {local['id']!r}")
+        return local
+    data = await _upstream_get(service, request, f"models/{quote(model_id, safe='/')}")
+    if not isinstance(data, dict) or not isinstance(data.get("id"), str):
+        raise ApiError(502, "the upstream API's model is not OpenAI's shape")
+    return data

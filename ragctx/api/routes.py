@@ -1,12 +1,10 @@
-"""The context endpoints (/v1/context, /v1/compress, /v1/documents, /v1/rerank) and the operational ones."""
+"""The context endpoints (/v1/context, /v1/compress, /v1/documents) and the operational ones."""
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import anyio.to_thread
-import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -20,9 +18,6 @@ from ragctx.api.schemas import (
     DocumentsRequest,
     DocumentsResponse,
     HealthResponse,
-    RerankRequest,
-    RerankResponse,
-    RerankResult,
 )
 from ragctx.api.service import Service
 from ragctx.state import Budget
@@ -116,44 +111,6 @@ async def documents(body: DocumentsRequest, request: Request) -> DocumentsRespon
         count=result.count,
         created=result.created,
     )
-
-
-@router.post("/v1/rerank", response_model=RerankResponse, tags=["rerank"])
-@router.post("/v2/rerank", response_model=RerankResponse, include_in_schema=False)  # Cohere's v2 clients
-async def rerank(body: RerankRequest, request: Request) -> JSONResponse:
-    """Cohere-compatible reranking: documents by cosine similarity of their embedding to the query's."""
-    service = service_of(request)
-    texts = [body.document_text(d) for d in body.documents]
-    check_passages(service, texts, "documents")
-    slot = await service.admit()
-    try:
-        with service.deadline():
-            vectors = await service.embed_batcher.submit_many([body.query, *texts])
-    finally:
-        slot.release()
-    scores = np.stack(vectors[1:]) @ vectors[0]
-    ranked = sorted(range(len(texts)), key=lambda i: -float(scores[i]))[: body.top_n]
-    results = [
-        RerankResult(
-            index=i,
-            relevance_score=float(scores[i]),
-            document=(_as_document(body.documents[i]) if body.return_documents else None),
-        )
-        for i in ranked
-    ]
-    meta = {
-        "api_version": {"version": "2"},
-        "billed_units": {"search_units": 1},
-        "ragctx": {"scorer": f"embedder:{service.settings.embedder}", "similarity": "cosine"},
-    }
-    response = RerankResponse(id=str(uuid.uuid4()), results=results, meta=meta)
-    # As Cohere does: no `document` key at all unless documents were asked for.
-    omit = None if body.return_documents else {"results": {"__all__": {"document"}}}
-    return JSONResponse(response.model_dump(exclude=omit))
-
-
-def _as_document(doc: str | dict[str, Any]) -> dict[str, Any]:
-    return {"text": doc} if isinstance(doc, str) else doc
 
 
 @router.get("/healthz", response_model=HealthResponse, tags=["operations"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from ragctx.registry import SOFT_METHODS, known_stage_names, with_method
 from ragctx.state import Budget
@@ -177,16 +177,36 @@ class DocumentsResponse(BaseModel):
 # ---- rerank (Cohere's shape) ----------------------------------------------------------------------------
 
 
+class RerankOptions(BudgetFields):
+    """The extra field `ragctx` of a rerank request: also prune each returned document for the query."""
+
+    compress: StrictBool = Field(
+        default=False,
+        description="Return, per result, the document's kept spans for the query (the compression pipeline run "
+        "on that document alone) and, when the label stage runs, its label and distracting effect.",
+    )
+
+
 class RerankRequest(BaseModel):
-    # Cohere's clients send fields ragctx does not use (max_chunks_per_doc, max_tokens_per_doc, ...).
+    """Cohere's rerank (v1 and v2) and Jina's / vLLM's, which share this body."""
+
+    # Other fields clients send (e.g. Jina's `model` options) are ignored, as the upstream APIs do.
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
     query: str = Field(min_length=1)
     documents: list[str | dict[str, Any]] = Field(min_length=1)
     top_n: int | None = Field(default=None, ge=1)
-    return_documents: bool = False
+    return_documents: StrictBool = False
     rank_fields: list[str] | None = None
+    max_tokens_per_doc: int | None = Field(
+        default=None,
+        ge=1,
+        description="Each document is cut to this many tokens (the target tokenizer's) before it is scored, as "
+        "Cohere documents it.",
+    )
+    max_chunks_per_doc: int | None = Field(default=None, ge=1, description="Accepted for Cohere v1 clients; unused.")
+    ragctx: RerankOptions | None = None
 
     @field_validator("documents")
     @classmethod
@@ -204,24 +224,69 @@ class RerankRequest(BaseModel):
         return str(doc["text"])
 
 
-class RagctxScores(BaseModel):
-    """ragctx's own judgement of a document; filled by the scoring stages once they exist."""
+class KeptSpan(BaseModel):
+    start: int
+    end: int
+    text: str
 
-    label: str | None = None
-    distracting_effect: float | None = None
+
+class RagctxRerankResult(BaseModel):
+    """What ragctx kept of one document (only with `ragctx.compress`)."""
+
+    text: str = Field(description="The kept spans of the document, joined by spaces.")
+    spans: list[KeptSpan] = Field(description="Character offsets into the document's text.")
+    tokens_in: int
+    tokens_out: int
+    label: str | None = Field(default=None, description="relevant / distracting / irrelevant (label stage).")
+    distracting_effect: float | None = Field(default=None, description="1 - P(abstain | query, document).")
 
 
 class RerankResult(BaseModel):
     index: int
     relevance_score: float
+    id: str | None = Field(default=None, description="The caller's document id, when the document had one.")
     document: dict[str, Any] | None = None
-    ragctx: RagctxScores = Field(default_factory=RagctxScores)
+    ragctx: RagctxRerankResult | None = None
+
+
+class RerankUsage(BaseModel):
+    total_tokens: int
+    prompt_tokens: int
 
 
 class RerankResponse(BaseModel):
+    """Cohere's shape (`id`, `results`, `meta`) with Jina's / vLLM's `model` and `usage`."""
+
     id: str
+    model: str
     results: list[RerankResult]
     meta: dict[str, Any]
+    usage: RerankUsage
+
+
+class TeiRerankRequest(BaseModel):
+    """Hugging Face text-embeddings-inference's `POST /rerank`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = Field(min_length=1)
+    texts: list[str] = Field(min_length=1)
+    raw_scores: StrictBool = Field(
+        default=False, description="The cosine similarity itself; otherwise mapped to [0, 1] as (cos + 1) / 2."
+    )
+    return_text: StrictBool = False
+    truncate: StrictBool = Field(
+        default=False,
+        description="Cut texts longer than the embedder's maximum; otherwise such a text is refused (413), as TEI "
+        "does.",
+    )
+    truncation_direction: Literal["Left", "Right", "left", "right"] = "Right"
+
+
+class TeiRank(BaseModel):
+    index: int
+    score: float
+    text: str | None = None
 
 
 # ---- chat completions (OpenAI's shape; only what ragctx reads is declared) -----------------------------
@@ -267,6 +332,24 @@ class ChatRequest(BaseModel):
             if message.role == "user" and message.text().strip():
                 return message.text()
         raise ValueError("no user message with text to take the question from")
+
+
+class ModelCard(BaseModel):
+    """OpenAI's model object; an upstream's extra keys pass through."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    object: str = "model"
+    created: int = 0
+    owned_by: str = ""
+
+
+class ModelList(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    object: str = "list"
+    data: list[ModelCard]
 
 
 class HealthResponse(BaseModel):

@@ -58,6 +58,8 @@ class Service:
     lm_batcher: ThreadBatcher[LMCall, torch.Tensor] | None = field(init=False, default=None)
     upstream: httpx.AsyncClient | None = None
     reader: LocalReader | None = None
+    # Unix time the service was made: the `created` of the local model in /v1/models.
+    started_at: int = field(default_factory=lambda: int(time.time()))
     # Index writes copy the index and swap it in: two at once would lose one of them.
     _index_write_lock: threading.Lock = field(default_factory=threading.Lock)
 

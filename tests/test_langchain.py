@@ -8,6 +8,7 @@ answer the same sync and async, in process and against a ragctx server.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import threading
 import time
@@ -19,6 +20,7 @@ import pytest
 
 pytest.importorskip("langchain_core")
 
+from langchain_core.callbacks import BaseCallbackHandler  # noqa: E402
 from langchain_core.documents import Document  # noqa: E402
 from langchain_core.embeddings import Embeddings  # noqa: E402
 from langchain_core.runnables import RunnableLambda, RunnableParallel, RunnablePassthrough  # noqa: E402
@@ -28,6 +30,7 @@ from ragctx.engine import ContextEngine  # noqa: E402
 from ragctx.indexes.faiss_index import FaissIndex  # noqa: E402
 from ragctx.integrations.langchain import (  # noqa: E402
     AttentionReorder,
+    NothingKept,
     RagctxCompressor,
     RagctxRetriever,
     ServerError,
@@ -366,3 +369,75 @@ def test_server_errors_reach_the_caller_with_the_service_message(server_url, nq2
     assert invalid.value.status_code == 422
     with pytest.raises(ServerError, match="failed"):
         RagctxCompressor(base_url="http://127.0.0.1:9").compress_documents(docs, row["question"])
+
+
+# ---- nothing survives: an explicit policy, a warning, callback events ----------------------------------
+
+UNRELATED = [
+    Document(page_content="Bananas are rich in potassium and grow in tropical regions.", metadata={"id": "b"}),
+    Document(page_content="The violin has four strings tuned in perfect fifths.", metadata={"id": "v"}),
+]
+UNRELATED_QUESTION = "what is the boiling point of liquid nitrogen in kelvin"
+
+
+class RecordingHandler(BaseCallbackHandler):
+    """A real LangChain callback handler that records ragctx's custom events."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+
+    def on_custom_event(self, name: str, data: Any, **kwargs: Any) -> None:
+        self.events.append((name, data))
+
+
+def test_when_nothing_survives_the_best_document_is_kept_with_a_warning_and_an_event(engine, caplog):
+    handler = RecordingHandler()
+    with caplog.at_level(logging.WARNING, logger="ragctx.integrations.langchain"):
+        out = RagctxCompressor(engine=engine, rate=0.5).compress_documents(
+            UNRELATED, UNRELATED_QUESTION, callbacks=[handler]
+        )
+    assert len(out) == 1 and out[0].page_content in {d.page_content for d in UNRELATED}
+    assert out[0].metadata["ragctx"]["on_empty"] == "keep_best"
+    assert "kept none of the 2 documents" in caplog.text
+    names = [name for name, _ in handler.events]
+    assert names[-1] == "ragctx_empty" and "relevance floor" in handler.events[-1][1]["reason"]
+    stages = [data for name, data in handler.events if name == "ragctx_stage"]
+    assert [s["stage"] for s in stages] == ["dedup", "embed-passages", "ehpc"]
+    assert all(isinstance(s["ms"], float) and s["tokens_in"] >= s["tokens_out"] for s in stages)
+
+
+def test_on_empty_empty_and_raise(engine):
+    assert (
+        RagctxCompressor(engine=engine, rate=0.5, on_empty="empty").compress_documents(UNRELATED, UNRELATED_QUESTION)
+        == []
+    )
+    with pytest.raises(NothingKept, match="kept none of the 2 documents"):
+        RagctxCompressor(engine=engine, rate=0.5, on_empty="raise").compress_documents(UNRELATED, UNRELATED_QUESTION)
+
+
+def test_async_compression_emits_the_same_events(engine, nq20_rows):
+    row = nq20_rows[0]
+    docs = [Document(page_content=p.text, metadata={"id": p.id}) for p in passages_of(row)[:5]]
+    sync, asyn = RecordingHandler(), RecordingHandler()
+    RagctxCompressor(engine=engine, method="budget", rate=0.3).compress_documents(
+        docs, row["question"], callbacks=[sync]
+    )
+    asyncio.run(
+        RagctxCompressor(engine=engine, method="budget", rate=0.3).acompress_documents(
+            docs, row["question"], callbacks=[asyn]
+        )
+    )
+    strip = lambda events: [(n, {k: v for k, v in d.items() if k != "ms"}) for n, d in events]  # noqa: E731
+    assert strip(sync.events) == strip(asyn.events) and sync.events
+
+
+def test_the_documented_contextual_compression_retriever_runs_with_the_langchain_extra(indexed_engine, nq20_rows):
+    from langchain_classic.retrievers import ContextualCompressionRetriever
+
+    row = nq20_rows[0]
+    base = RagctxRetriever(engine=indexed_engine, method="none")
+    retriever = ContextualCompressionRetriever(
+        base_compressor=RagctxCompressor(engine=indexed_engine, rate=0.25), base_retriever=base
+    )
+    docs = retriever.invoke(row["question"])
+    assert docs and all("ragctx" in d.metadata for d in docs)

@@ -16,8 +16,9 @@ offsets into the passage text), `scores`, `label` and `retrieval_score`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
@@ -37,7 +38,9 @@ from ragctx.types import Passage
 
 try:
     from langchain_core.callbacks import (
+        AsyncCallbackManager,
         AsyncCallbackManagerForRetrieverRun,
+        CallbackManager,
         CallbackManagerForRetrieverRun,
         Callbacks,
     )
@@ -46,7 +49,19 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("ragctx.integrations.langchain needs langchain-core: pip install 'ragctx[langchain]'") from exc
 
-__all__ = ["AttentionReorder", "RagctxCompressor", "RagctxRetriever", "ServerError"]
+__all__ = ["AttentionReorder", "NothingKept", "RagctxCompressor", "RagctxRetriever", "ServerError"]
+
+log = logging.getLogger(__name__)
+
+# Custom callback events (`on_custom_event` of a LangChain callback handler): one per pipeline stage, and
+# one when the compressor kept nothing and its `on_empty` policy decided.
+STAGE_EVENT = "ragctx_stage"
+EMPTY_EVENT = "ragctx_empty"
+
+
+class NothingKept(ValueError):
+    """The compressor kept no document and `on_empty="raise"`; the message says why."""
+
 
 PROVENANCE_KEY = "ragctx"
 # Metadata keys under which LangChain retrievers and rerankers commonly report a score (Cohere, FlashRank).
@@ -120,7 +135,16 @@ class RagctxCompressor(_RagctxCompression, BaseDocumentCompressor):
     spans joined by a space, its metadata the input's (copied) plus `metadata["ragctx"]`, whose spans are
     offsets into the input's `page_content`. Passage ids are metadata `id`, else `Document.id`, else the
     position in the input; they must be unique.
+
+    When nothing survives (every document below the relevance floor, say), `on_empty` decides: `keep_best`
+    (default) returns the best-scored document whole and logs a warning, `empty` returns `[]`, `raise`
+    raises `NothingKept`; each emits the custom callback event `ragctx_empty` with the reason. Every call
+    emits `ragctx_stage` per stage (name, tokens in and out, ms).
     """
+
+    on_empty: Literal["empty", "keep_best", "raise"] = Field(
+        default="keep_best", description="What to return when no document keeps anything."
+    )
 
     def compress_documents(
         self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
@@ -129,7 +153,15 @@ class RagctxCompressor(_RagctxCompression, BaseDocumentCompressor):
             return []
         passages = passages_of(documents)
         answer = self.backend().compress(query, passages, self.request_options())
-        return compressed_documents(documents, passages, read_kept_passages(answer))
+        manager = CallbackManager.configure(inheritable_callbacks=callbacks)
+        for name, data in _events(answer):
+            manager.on_custom_event(name, data)
+        out = compressed_documents(documents, passages, read_kept_passages(answer))
+        if out:
+            return out
+        fallback, event = self._when_empty(documents, passages, answer)
+        manager.on_custom_event(EMPTY_EVENT, event)
+        return fallback
 
     async def acompress_documents(
         self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
@@ -138,7 +170,74 @@ class RagctxCompressor(_RagctxCompression, BaseDocumentCompressor):
             return []
         passages = passages_of(documents)
         answer = await self.backend().acompress(query, passages, self.request_options())
-        return compressed_documents(documents, passages, read_kept_passages(answer))
+        manager = AsyncCallbackManager.configure(inheritable_callbacks=callbacks)
+        for name, data in _events(answer):
+            await manager.on_custom_event(name, data)
+        out = compressed_documents(documents, passages, read_kept_passages(answer))
+        if out:
+            return out
+        fallback, event = self._when_empty(documents, passages, answer)
+        await manager.on_custom_event(EMPTY_EVENT, event)
+        return fallback
+
+    def _when_empty(
+        self, documents: Sequence[Document], passages: Sequence[Passage], answer: Mapping[str, Any]
+    ) -> tuple[list[Document], dict[str, Any]]:
+        reason = _empty_reason(answer)
+        event = {"policy": self.on_empty, "reason": reason, "documents": len(documents)}
+        if self.on_empty == "raise":
+            raise NothingKept(f"ragctx kept none of the {len(documents)} documents: {reason}")
+        if self.on_empty == "empty":
+            return [], event
+        best = _best_index(passages, answer)
+        doc = documents[best]
+        log.warning(
+            "ragctx kept none of the %d documents (%s); returning the best-scored one whole (on_empty='keep_best')",
+            len(documents),
+            reason,
+        )
+        event["kept"] = passages[best].id
+        whole: dict[str, Any] = {
+            "passage_id": passages[best].id,
+            "spans": [[0, len(doc.page_content)]],
+            "scores": {},
+            "label": None,
+            "retrieval_score": None,
+            "on_empty": "keep_best",
+            "reason": reason,
+        }
+        return [
+            Document(page_content=doc.page_content, metadata={**doc.metadata, PROVENANCE_KEY: whole}, id=doc.id)
+        ], event
+
+
+def _events(answer: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (
+            STAGE_EVENT,
+            {"stage": st["name"], "tokens_in": st["tokens_in"], "tokens_out": st["tokens_out"], "ms": st["ms"]},
+        )
+        for st in answer.get("stats", [])
+    ]
+
+
+def _empty_reason(answer: Mapping[str, Any]) -> str:
+    for st in reversed(answer.get("stats", [])):
+        details = st.get("details") or {}
+        if details.get("reason"):
+            return str(details["reason"])
+        if details.get("below_floor"):
+            return f"{details['below_floor']} passage(s) below the relevance floor of stage {st['name']!r}"
+    return "no sentence fitted the budget"
+
+
+def _best_index(passages: Sequence[Passage], answer: Mapping[str, Any]) -> int:
+    """The document the pipeline scored highest (its first score, as the ranking stage wrote it); else the
+    first one given."""
+    scored = {p["id"]: next(iter(p["scores"].values())) for p in answer.get("passages", []) if p.get("scores")}
+    if not scored:
+        return 0
+    return max(range(len(passages)), key=lambda i: scored.get(passages[i].id, float("-inf")))
 
 
 class RagctxRetriever(_RagctxCompression, BaseRetriever):

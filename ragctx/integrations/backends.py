@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
+
 from ragctx.engine import ContextEngine
 from ragctx.state import Budget
 from ragctx.types import Passage
@@ -228,3 +230,66 @@ def _error_message(body: str) -> str:
         return str(error["message"])
     except (ValueError, KeyError, TypeError):
         return body
+
+
+# ---- the fields an integration's component declares (pydantic: the component is a boundary) ------------
+
+
+class RagctxConnection(BaseModel):
+    """Where ragctx runs: in this process (`engine`) or on a server (`base_url`). The fields every
+    integration (LangChain, LlamaIndex) shares, so their settings read the same."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    engine: ContextEngine | None = Field(
+        default=None,
+        description="In-process mode: the engine to run. Left out (and no base_url): a ContextEngine built "
+        "from the environment's settings on first use.",
+    )
+    base_url: str | None = Field(default=None, description="Server mode: the ragctx server, e.g. http://host:8000")
+    api_key: SecretStr | None = Field(default=None, description="Server mode: sent as `Authorization: Bearer`.")
+    timeout_s: float = Field(default=60.0, gt=0, description="Server mode: seconds to wait for an answer.")
+
+    _backend: Backend | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> RagctxConnection:
+        if self.engine is not None and self.base_url is not None:
+            raise ValueError("give an engine (in process) or a base_url (server), not both")
+        return self
+
+    def backend(self) -> Backend:
+        if self._backend is None:
+            if self.base_url is not None:
+                key = self.api_key.get_secret_value() if self.api_key is not None else None
+                self._backend = ServerBackend(self.base_url, key, self.timeout_s)
+            else:
+                self._backend = InProcessBackend(self.engine or ContextEngine())
+        return self._backend
+
+
+class RagctxCompression(RagctxConnection):
+    """What to keep; None means the engine's (or server's) configured default."""
+
+    method: str | None = Field(default=None, description="Compression method (`ragctx stages`), `none` = off.")
+    budget_tokens: int | None = Field(default=None, ge=1, description="Token budget of the whole context.")
+    rate: float | None = Field(default=None, gt=0, le=1, description="Or: fraction of the tokens to keep.")
+    threshold: float | None = Field(default=None, description="Keep only units scoring at least this.")
+    top_k: int | None = Field(default=None, ge=1, description="Keep at most this many units (sentences, ...).")
+    stages: list[str] | None = Field(default=None, description="Pipeline stages, in order.")
+
+    @model_validator(mode="after")
+    def _budget_or_rate(self) -> RagctxCompression:
+        if self.budget_tokens is not None and self.rate is not None:
+            raise ValueError("give budget_tokens or rate, not both")
+        return self
+
+    def request_options(self) -> RequestOptions:
+        return RequestOptions(
+            method=self.method,
+            budget_tokens=self.budget_tokens,
+            rate=self.rate,
+            threshold=self.threshold,
+            top_k=self.top_k,
+            stages=tuple(self.stages) if self.stages is not None else None,
+        )

@@ -20,16 +20,14 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
+from pydantic import Field, model_validator
 
-from ragctx.engine import ContextEngine
 from ragctx.indexes.base import passage_from_document
 from ragctx.integrations.backends import (
-    Backend,
-    InProcessBackend,
     KeptPassage,
+    RagctxCompression,
+    RagctxConnection,
     RequestOptions,
-    ServerBackend,
     ServerError,
     read_kept_passages,
 )
@@ -69,66 +67,7 @@ PROVENANCE_KEY = "ragctx"
 _NO_QUERY = "(no query: the order does not depend on it)"
 
 
-class _RagctxConnection(BaseModel):
-    """Where ragctx runs: in this process (`engine`) or on a server (`base_url`)."""
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    engine: ContextEngine | None = Field(
-        default=None,
-        description="In-process mode: the engine to run. Left out (and no base_url): a ContextEngine built "
-        "from the environment's settings on first use.",
-    )
-    base_url: str | None = Field(default=None, description="Server mode: the ragctx server, e.g. http://host:8000")
-    api_key: SecretStr | None = Field(default=None, description="Server mode: sent as `Authorization: Bearer`.")
-    timeout_s: float = Field(default=60.0, gt=0, description="Server mode: seconds to wait for an answer.")
-
-    _backend: Backend | None = PrivateAttr(default=None)
-
-    @model_validator(mode="after")
-    def _one_mode(self) -> _RagctxConnection:
-        if self.engine is not None and self.base_url is not None:
-            raise ValueError("give an engine (in process) or a base_url (server), not both")
-        return self
-
-    def backend(self) -> Backend:
-        if self._backend is None:
-            if self.base_url is not None:
-                key = self.api_key.get_secret_value() if self.api_key is not None else None
-                self._backend = ServerBackend(self.base_url, key, self.timeout_s)
-            else:
-                self._backend = InProcessBackend(self.engine or ContextEngine())
-        return self._backend
-
-
-class _RagctxCompression(_RagctxConnection):
-    """What to keep; None means the engine's (or server's) configured default."""
-
-    method: str | None = Field(default=None, description="Compression method (`ragctx stages`), `none` = off.")
-    budget_tokens: int | None = Field(default=None, ge=1, description="Token budget of the whole context.")
-    rate: float | None = Field(default=None, gt=0, le=1, description="Or: fraction of the tokens to keep.")
-    threshold: float | None = Field(default=None, description="Keep only units scoring at least this.")
-    top_k: int | None = Field(default=None, ge=1, description="Keep at most this many units (sentences, ...).")
-    stages: list[str] | None = Field(default=None, description="Pipeline stages, in order.")
-
-    @model_validator(mode="after")
-    def _budget_or_rate(self) -> _RagctxCompression:
-        if self.budget_tokens is not None and self.rate is not None:
-            raise ValueError("give budget_tokens or rate, not both")
-        return self
-
-    def request_options(self) -> RequestOptions:
-        return RequestOptions(
-            method=self.method,
-            budget_tokens=self.budget_tokens,
-            rate=self.rate,
-            threshold=self.threshold,
-            top_k=self.top_k,
-            stages=tuple(self.stages) if self.stages is not None else None,
-        )
-
-
-class RagctxCompressor(_RagctxCompression, BaseDocumentCompressor):
+class RagctxCompressor(RagctxCompression, BaseDocumentCompressor):
     """Compresses retrieved documents with the ragctx pipeline.
 
     Returns one Document per passage that keeps something, in the pipeline's order; its text is the kept
@@ -240,7 +179,7 @@ def _best_index(passages: Sequence[Passage], answer: Mapping[str, Any]) -> int:
     return max(range(len(passages)), key=lambda i: scored.get(passages[i].id, float("-inf")))
 
 
-class RagctxRetriever(_RagctxCompression, BaseRetriever):
+class RagctxRetriever(RagctxCompression, BaseRetriever):
     """Retrieves from the ragctx index and compresses, in one step.
 
     Returns one Document per passage that keeps something, in the pipeline's order: its text is the kept
@@ -261,7 +200,7 @@ class RagctxRetriever(_RagctxCompression, BaseRetriever):
         return [retrieved_document(p) for p in read_kept_passages(answer)]
 
 
-class AttentionReorder(_RagctxConnection, BaseDocumentTransformer):
+class AttentionReorder(RagctxConnection, BaseDocumentTransformer):
     """Reorders documents with one ragctx reorder stage, through the same pipeline code.
 
     The query comes from the `query` keyword of `transform_documents`, else from the `query` field; the

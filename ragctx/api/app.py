@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from ragctx.api import chat, rerank, routes, ui
 from ragctx.api.errors import install_error_handlers
 from ragctx.api.middleware import GuardMiddleware, RequestContextMiddleware
+from ragctx.api.openapi import install_openapi
 from ragctx.api.service import Service
 from ragctx.engine import ContextEngine
 from ragctx.models import ModelRegistry
@@ -52,6 +53,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.include_router(rerank.router)
     app.include_router(chat.router)
     app.include_router(ui.router)
+    install_openapi(app, settings)
     # Added innermost first: the request context wraps everything, so refusals get ids and logs too.
     app.add_middleware(
         GuardMiddleware,

@@ -21,7 +21,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 
-from ragctx.api.errors import ApiError
+from ragctx.api.errors import ApiError, errors
 from ragctx.api.limits import Slot, run_in_thread
 from ragctx.api.routes import check_passages, service_of
 from ragctx.api.schemas import ChatRequest, ModelCard, ModelList
@@ -63,7 +63,18 @@ def with_context(messages: list[dict[str, Any]], context: str) -> list[dict[str,
     return [{"role": "system", "content": block}, *messages]
 
 
-@router.post("/v1/chat/completions", tags=["chat"])
+@router.post(
+    "/v1/chat/completions",
+    tags=["chat"],
+    responses={
+        200: {
+            "description": "OpenAI's chat completion, or its event stream with `stream: true`.",
+            "content": {"application/json": {}, "text/event-stream": {}},
+        },
+        # The upstream's own 4xx pass through with their status.
+        **errors(403, 404, 502),
+    },
+)
 async def chat_completions(body: ChatRequest, request: Request) -> Response:
     service = service_of(request)
     options = body.ragctx
@@ -292,7 +303,7 @@ async def _upstream_get(service: Service, request: Request, path: str) -> Any:
         raise ApiError(502, "the upstream API answered with something that is not JSON") from None
 
 
-@router.get("/v1/models", response_model=ModelList, tags=["chat"])
+@router.get("/v1/models", response_model=ModelList, tags=["chat"], responses=errors(401, 404, 502, 504, body=False))
 async def list_models(request: Request) -> dict[str, Any]:
     """The upstream's models when one is configured (passed through), else the local reader."""
     service = service_of(request)
@@ -304,7 +315,12 @@ async def list_models(request: Request) -> dict[str, Any]:
     return data
 
 
-@router.get("/v1/models/{model_id:path}", response_model=ModelCard, tags=["chat"])
+@router.get(
+    "/v1/models/{model_id:path}",
+    response_model=ModelCard,
+    tags=["chat"],
+    responses=errors(401, 404, 502, 504, body=False),
+)
 async def retrieve_model(model_id: str, request: Request) -> dict[str, Any]:
     service = service_of(request)
     if service.upstream is None:

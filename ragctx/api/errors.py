@@ -104,3 +104,30 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DeadlineExceeded, _on_deadline)
     app.add_exception_handler(MissingCalibration, _on_missing_calibration)
     app.add_exception_handler(Exception, _on_unexpected)
+
+
+# ---- what the schema says each route can answer ---------------------------------------------------------
+
+_DESCRIPTIONS = {
+    400: "The body is not JSON, or the request cannot be served as asked.",
+    401: "Missing or invalid API key (only when the service has keys).",
+    403: "The upstream API refused the request.",
+    404: "Not found.",
+    409: "Conflicts with the service's state (e.g. no index yet).",
+    413: "The body, a passage or the number of passages is over the service's limit.",
+    422: "A value is invalid; the message names it and what is allowed.",
+    429: "Too many requests in flight; retry later.",
+    502: "The upstream API failed or answered something unusable.",
+    503: "Not ready: models loading, or the method needs a calibration the message names.",
+    504: "The request took longer than the service's time limit.",
+}
+# Every POST route reads a body (400/413/422) and runs work under the concurrency and time limits.
+BODY_ROUTE_ERRORS = (400, 401, 413, 422, 429, 503, 504)
+
+
+def errors(*statuses: int, body: bool = True) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` of a route: its error statuses, each with the one error body."""
+    from ragctx.api.schemas import ErrorResponse
+
+    codes = sorted({*(BODY_ROUTE_ERRORS if body else ()), *statuses})
+    return {code: {"model": ErrorResponse, "description": _DESCRIPTIONS[code]} for code in codes}

@@ -15,7 +15,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from ragctx.api.errors import ApiError
+from ragctx.api.errors import ApiError, errors
 from ragctx.api.limits import run_in_thread
 from ragctx.api.routes import check_passages, service_of
 from ragctx.api.schemas import (
@@ -56,8 +56,12 @@ def _cut_to_tokens(service: Service, text: str, limit: int) -> str:
     return text if len(offsets) <= limit else text[: offsets[limit - 1][1]]
 
 
-@router.post("/v1/rerank", response_model=RerankResponse, response_model_exclude_none=True, tags=["rerank"])
-@router.post("/v2/rerank", response_model=RerankResponse, response_model_exclude_none=True, tags=["rerank"])
+@router.post(
+    "/v1/rerank", response_model=RerankResponse, response_model_exclude_none=True, tags=["rerank"], responses=errors()
+)
+@router.post(
+    "/v2/rerank", response_model=RerankResponse, response_model_exclude_none=True, tags=["rerank"], responses=errors()
+)
 async def rerank(body: RerankRequest, request: Request) -> JSONResponse:
     """Documents ranked by relevance to the query (Cohere's body; Jina's and vLLM's too)."""
     service = service_of(request)
@@ -146,7 +150,9 @@ def _as_document(doc: str | dict[str, Any]) -> dict[str, Any]:
     return {"text": doc} if isinstance(doc, str) else doc
 
 
-@router.post("/rerank", response_model=list[TeiRank], response_model_exclude_none=True, tags=["rerank"])
+@router.post(
+    "/rerank", response_model=list[TeiRank], response_model_exclude_none=True, tags=["rerank"], responses=errors()
+)
 async def tei_rerank(body: TeiRerankRequest, request: Request) -> list[TeiRank]:
     """Hugging Face text-embeddings-inference's rerank: `{query, texts}` -> `[{index, score, text?}]`, best first."""
     service = service_of(request)

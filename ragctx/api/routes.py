@@ -6,10 +6,10 @@ from typing import Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from ragctx.api.errors import ApiError, error_body
+from ragctx.api.errors import ApiError, error_body, errors
 from ragctx.api.limits import run_in_thread
 from ragctx.api.schemas import (
     CompressRequest,
@@ -71,7 +71,13 @@ async def run_pipeline(
 
 
 # exclude_unset: `passages[].text` appears only when asked for (include_text), not as null.
-@router.post("/v1/context", response_model=ContextResponse, response_model_exclude_unset=True, tags=["context"])
+@router.post(
+    "/v1/context",
+    response_model=ContextResponse,
+    response_model_exclude_unset=True,
+    tags=["context"],
+    responses=errors(409),
+)
 async def context(body: ContextRequest, request: Request) -> dict[str, Any]:
     """Retrieve passages for the question from the index and run the pipeline over them."""
     service = service_of(request)
@@ -81,7 +87,13 @@ async def context(body: ContextRequest, request: Request) -> dict[str, Any]:
     )
 
 
-@router.post("/v1/compress", response_model=ContextResponse, response_model_exclude_unset=True, tags=["context"])
+@router.post(
+    "/v1/compress",
+    response_model=ContextResponse,
+    response_model_exclude_unset=True,
+    tags=["context"],
+    responses=errors(),
+)
 async def compress(body: CompressRequest, request: Request) -> dict[str, Any]:
     """Run the pipeline (without retrieval) over the caller's passages."""
     service = service_of(request)
@@ -93,7 +105,7 @@ async def compress(body: CompressRequest, request: Request) -> dict[str, Any]:
     )
 
 
-@router.post("/v1/documents", response_model=DocumentsResponse, tags=["index"])
+@router.post("/v1/documents", response_model=DocumentsResponse, tags=["index"], responses=errors(409))
 async def documents(body: DocumentsRequest, request: Request) -> DocumentsResponse:
     """Add passages to the index (creating it if there is none); ids already present are skipped."""
     service = service_of(request)
@@ -119,7 +131,11 @@ async def healthz() -> HealthResponse:
     return HealthResponse()
 
 
-@router.get("/readyz", tags=["operations"])
+@router.get(
+    "/readyz",
+    tags=["operations"],
+    responses={200: {"description": "Ready, with the checks."}, **errors(401, 503, body=False)},
+)
 async def readyz(request: Request) -> JSONResponse:
     """Models loaded, index open (or absent), Redis reachable (or not configured): 200, else 503."""
     checks, failing = await anyio.to_thread.run_sync(service_of(request).readiness)
@@ -134,6 +150,15 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=503)
 
 
-@router.get("/metrics", tags=["operations"])
+@router.get(
+    "/metrics",
+    tags=["operations"],
+    response_class=PlainTextResponse,
+    responses={
+        200: {"content": {"text/plain": {}}, "description": "Prometheus text format."},
+        **errors(401, body=False),
+    },
+)
 async def metrics(request: Request) -> Response:
+    """Prometheus metrics, in its text exposition format."""
     return Response(service_of(request).metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from ragctx.registry import SOFT_METHODS, known_stage_names, with_method
 from ragctx.state import Budget
@@ -16,7 +27,13 @@ def _id_as_text(value: Any) -> Any:
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
-PassageId = Annotated[str, BeforeValidator(_id_as_text), Field(min_length=1)]
+# Integers are accepted (as strings) and the schema says so.
+PassageId = Annotated[
+    str,
+    BeforeValidator(_id_as_text),
+    Field(min_length=1),
+    WithJsonSchema({"anyOf": [{"type": "string", "minLength": 1}, {"type": "integer"}]}),
+]
 
 
 class PassageIn(BaseModel):
@@ -28,7 +45,7 @@ class PassageIn(BaseModel):
     text: str
     title: str = ""
     metadata: dict[str, Any] = Field(default_factory=dict)
-    score: float | None = Field(default=None, description="The caller's retrieval score, if any.")
+    score: StrictFloat | None = Field(default=None, description="The caller's retrieval score, if any.")
 
     def to_passage(self) -> Passage:
         metadata = {**self.metadata, **(self.model_extra or {})}
@@ -38,19 +55,28 @@ class PassageIn(BaseModel):
 class BudgetFields(BaseModel):
     """How much context to keep and how; everything optional (the service's settings fill the rest)."""
 
-    model_config = ConfigDict(extra="forbid")
+    # "budget or rate, not both", in the schema too: both given as numbers is invalid.
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "not": {
+                "required": ["budget", "rate"],
+                "properties": {"budget": {"type": "integer"}, "rate": {"type": "number"}},
+            }
+        },
+    )
 
     # Ranges are checked below (messages that name the value and the range) and shown in the schema here.
-    budget: int | None = Field(
+    budget: StrictInt | None = Field(
         default=None, description="Token budget of the context.", json_schema_extra={"minimum": 1}
     )
-    rate: float | None = Field(
+    rate: StrictFloat | None = Field(
         default=None,
         description="Keep this fraction of the tokens. With neither budget nor rate: the service's default rate.",
         json_schema_extra={"exclusiveMinimum": 0, "maximum": 1},
     )
-    threshold: float | None = Field(default=None, description="Keep only units scoring at least this.")
-    top_k: int | None = Field(default=None, ge=1, description="Keep at most this many units.")
+    threshold: StrictFloat | None = Field(default=None, description="Keep only units scoring at least this.")
+    top_k: StrictInt | None = Field(default=None, ge=1, description="Keep at most this many units.")
     method: str | None = Field(default=None, description="Compression method (`none` = no compression).")
     stages: list[str] | None = Field(default=None, description="Pipeline stages, in order.")
 
@@ -101,7 +127,7 @@ Question = Annotated[str, Field(min_length=1, max_length=10_000, pattern=r"\S")]
 class ContextFields(BudgetFields):
     """What /v1/context and /v1/compress take beyond the budget."""
 
-    include_text: bool = Field(
+    include_text: StrictBool = Field(
         default=False,
         description="Also return each passage's whole text (`passages[].text`), dropped parts included: what "
         "an inspector needs to show the kept spans in place.",
@@ -196,16 +222,18 @@ class RerankRequest(BaseModel):
     model: str | None = None
     query: str = Field(min_length=1)
     documents: list[str | dict[str, Any]] = Field(min_length=1)
-    top_n: int | None = Field(default=None, ge=1)
+    top_n: StrictInt | None = Field(default=None, ge=1)
     return_documents: StrictBool = False
     rank_fields: list[str] | None = None
-    max_tokens_per_doc: int | None = Field(
+    max_tokens_per_doc: StrictInt | None = Field(
         default=None,
         ge=1,
         description="Each document is cut to this many tokens (the target tokenizer's) before it is scored, as "
         "Cohere documents it.",
     )
-    max_chunks_per_doc: int | None = Field(default=None, ge=1, description="Accepted for Cohere v1 clients; unused.")
+    max_chunks_per_doc: StrictInt | None = Field(
+        default=None, ge=1, description="Accepted for Cohere v1 clients; unused."
+    )
     ragctx: RerankOptions | None = None
 
     @field_validator("documents")
@@ -317,8 +345,8 @@ class ChatRequest(BaseModel):
 
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
-    stream: bool = False
-    max_tokens: int | None = Field(default=None, ge=1)
+    stream: StrictBool = False
+    max_tokens: StrictInt | None = Field(default=None, ge=1)
     ragctx: ChatContextOptions = Field(default_factory=ChatContextOptions)
 
     @model_validator(mode="after")
@@ -350,6 +378,18 @@ class ModelList(BaseModel):
 
     object: str = "list"
     data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    details: list[dict[str, Any]] | None = Field(default=None, description="Per-field problems (422).")
+
+
+class ErrorResponse(BaseModel):
+    """Every error the service returns: `{"error": {"message", "type"}}` (OpenAI's shape)."""
+
+    error: ErrorDetail
 
 
 class HealthResponse(BaseModel):

@@ -12,7 +12,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 from urllib.parse import quote
 
@@ -214,18 +214,7 @@ async def _forward(
     headers: dict[str, str],
     ctx: CompressedContext,
 ) -> JSONResponse:
-    try:
-        response = await client.post("chat/completions", json=payload, headers=auth)
-    except httpx.TimeoutException:
-        raise ApiError(504, "the upstream API did not answer in time") from None
-    except httpx.HTTPError as exc:
-        raise ApiError(502, f"the upstream API is unreachable: {exc}") from None
-    if response.status_code >= 400:
-        raise _upstream_failed(response.status_code, response.content)
-    try:
-        data = response.json()
-    except ValueError:
-        raise ApiError(502, "the upstream API answered with something that is not JSON") from None
+    data = await _upstream_json(client.post("chat/completions", json=payload, headers=auth))
     if isinstance(data, dict):
         data["ragctx"] = ctx.to_dict()
     return JSONResponse(data, headers=headers)
@@ -289,8 +278,14 @@ def _local_model(service: Service) -> dict[str, Any]:
 
 async def _upstream_get(service: Service, request: Request, path: str) -> Any:
     assert service.upstream is not None
+    return await _upstream_json(service.upstream.get(path, headers=_passed_on_authorization(service, request)))
+
+
+async def _upstream_json(call: Awaitable[httpx.Response]) -> Any:
+    """The upstream's JSON answer; its failures in our error shape (504 timeout, 502 unreachable or not
+    JSON, its own 4xx kept)."""
     try:
-        response = await service.upstream.get(path, headers=_passed_on_authorization(service, request))
+        response = await call
     except httpx.TimeoutException:
         raise ApiError(504, "the upstream API did not answer in time") from None
     except httpx.HTTPError as exc:

@@ -157,6 +157,13 @@ class CoreSettings(BaseSettings):
         description="CompLLM adapter folder (`ragctx train compllm`) for the reader model; `default` = the bundled "
         "adapter trained for the default SmolLM2-135M-Instruct reader.",
     )
+    reader_adapter: str = Field(
+        default="none",
+        description="Reader adapter (`ragctx train reader`) applied to the scorer and reader model for the "
+        "distracting-effect scorer and the local reader: `none` = the base model (the default until an adapter "
+        "ships), `default` = the bundled adapter when the model is the default SmolLM2-135M-Instruct, or an "
+        "adapter folder (refused, naming both models, if trained for another model).",
+    )
     redis_url: str | None = Field(default=None, description="Redis for the segment cache; none = in-process cache.")
     redis_ttl_s: int = Field(default=7 * 24 * 3600, ge=1, description="Segment cache entries expire after this.")
     redis_timeout_s: float = Field(
@@ -198,7 +205,7 @@ class CoreSettings(BaseSettings):
     max_passage_chars: int = Field(
         default=100_000,
         ge=1_000,
-        description="Longest passage (characters) a request or an input file may carry; longer: 413 / exit 2. "
+        description="Longest passage (characters) a request or an input file may carry; longer: 422 / exit 2. "
         "Work per passage is bounded by it (one passage is scored as one piece).",
     )
     request_timeout_s: float = Field(
@@ -208,7 +215,7 @@ class CoreSettings(BaseSettings):
         "step (stage, chunk) so its worker is free again.",
     )
     max_passages: int = Field(
-        default=200, ge=1, description="Most passages (or rerank documents) one request may carry; more: 413."
+        default=200, ge=1, description="Most passages (or rerank documents) one request may carry; more: 422."
     )
     max_request_chars: int = Field(
         default=2_000_000, ge=1_000, description="Largest request body in bytes (~characters); larger: 413."

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from ragctx.compressors.selection import CompressStage
 from ragctx.models import ModelRegistry
 from ragctx.pipeline.base import Pipeline
-from ragctx.reader import LocalAnswer, LocalReader, qa_prompt
+from ragctx.reader import LocalAnswer, LocalReader
 from ragctx.registry import SOFT_METHODS, StageFactory, check_stage_names, with_method
 from ragctx.segmentation import TokenCounter
 from ragctx.settings import Settings, load_settings
@@ -97,6 +97,10 @@ class ContextEngine:
         lm = self.models.reader()
         return CompressedReader(lm, CompLLM.load(adapter, lm), self.segment_cache)
 
+    def local_reader(self, max_new_tokens: int = 12) -> LocalReader:
+        lm = self.models.reader()
+        return LocalReader(lm, max_new_tokens=max_new_tokens, adapter=self.models.reader_adapter(lm))
+
     def answer_locally(
         self, question: str, ctx: CompressedContext, method: str | None = None, max_new_tokens: int = 12
     ) -> LocalAnswer:
@@ -121,10 +125,10 @@ class ContextEngine:
             )
             positions = int(prompt.embeds.shape[1])
         else:
-            local = LocalReader(self.models.reader(), max_new_tokens=max_new_tokens)
+            local = self.local_reader(max_new_tokens)
             context = ctx.text or None  # nothing kept: the reader answers closed-book
             text = local.answer(question, context)
-            positions = len(local.lm.tokenizer(qa_prompt(question, context))["input_ids"])
+            positions = local.prompt_tokens(question, context)
         completion = len(self.models.reader().tokenizer(text)["input_ids"]) if text else 0
         return LocalAnswer(text, positions, completion)
 

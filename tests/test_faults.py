@@ -210,7 +210,7 @@ def test_a_passage_over_the_size_limit_is_refused_at_once_everywhere(service_url
             "/v1/compress", json={"question": "who?", "passages": [{"id": "a", "text": huge[:1_900_000]}]}
         )
         assert time.monotonic() - t0 < 5
-    assert response.status_code == 413
+    assert response.status_code == 422
     assert "max_passage_chars" in response.json()["error"]["message"]
     with pytest.raises(ValueError, match="max_passage_chars"):
         ContextEngine(settings, registry).run("who?", [Passage("a", huge)], method="budget")
@@ -417,4 +417,4 @@ def test_eight_huge_passages_in_flight_do_not_keep_a_small_request_waiting(servi
         waited = time.monotonic() - t0
         codes = [f.result().status_code for f in floods]
     assert answer.status_code == 200 and waited < 10
-    assert codes == [413] * 8
+    assert codes == [422] * 8

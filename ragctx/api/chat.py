@@ -72,7 +72,7 @@ def with_context(messages: list[dict[str, Any]], context: str) -> list[dict[str,
             "content": {"application/json": {}, "text/event-stream": {}},
         },
         # The upstream's own 4xx pass through with their status.
-        **errors(403, 404, 502),
+        **errors(403, 404, 409, 502),
     },
 )
 async def chat_completions(body: ChatRequest, request: Request) -> Response:

@@ -114,8 +114,9 @@ _DESCRIPTIONS = {
     403: "The upstream API refused the request.",
     404: "Not found.",
     409: "Conflicts with the service's state (e.g. no index yet).",
-    413: "The body, a passage or the number of passages is over the service's limit.",
-    422: "A value is invalid; the message names it and what is allowed.",
+    413: "The body is over the service's byte limit (or, on TEI's route, a text over the embedder's token limit).",
+    422: "A value is invalid; the message names it and what is allowed. More passages or longer passages than "
+    "the service's limits (this schema's maxItems / maxLength) are refused here too, with type request_too_large.",
     429: "Too many requests in flight; retry later.",
     502: "The upstream API failed or answered something unusable.",
     503: "Not ready: models loading, or the method needs a calibration the message names.",

@@ -32,20 +32,25 @@ def service_of(request: Request) -> Service:
 
 
 def check_passages(service: Service, texts: list[str], what: str = "passages") -> None:
-    """413 for more passages than `max_passages`, or one longer than `max_passage_chars`: work per
-    request stays bounded, so one request cannot hold a worker for minutes."""
+    """422 (type `request_too_large`) for more passages than `max_passages`, or one longer than
+    `max_passage_chars`: work per request stays bounded, so one request cannot hold a worker for minutes.
+    422, not 413, because the schema states both limits (maxItems, maxLength) and a value the schema
+    refuses is a validation error; 413 stays for a body over the byte limit, which no schema can state."""
     limit = service.settings.max_passages
     if len(texts) > limit:
         service.metrics.rejections.labels("too_large").inc()
-        raise ApiError(413, f"{len(texts)} {what} in one request; the limit is {limit} (max_passages)")
+        raise ApiError(
+            422, f"{len(texts)} {what} in one request; the limit is {limit} (max_passages)", type="request_too_large"
+        )
     longest = service.settings.max_passage_chars
     for i, text in enumerate(texts):
         if len(text) > longest:
             service.metrics.rejections.labels("too_large").inc()
             raise ApiError(
-                413,
+                422,
                 f"{what} {i} has {len(text)} characters; the limit is {longest} per passage (max_passage_chars): "
                 "split it into passages",
+                type="request_too_large",
             )
 
 

@@ -22,9 +22,21 @@ from ragctx.state import Budget
 from ragctx.types import Passage
 
 
+def _integral(value: Any) -> Any:
+    # JSON Schema's "integer" includes 3.0 (a number with no fraction), which a strict int refuses.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def _id_as_text(value: Any) -> Any:
     # Callers' ids are often integers; passage ids are strings everywhere inside.
+    value = _integral(value)
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+# An integer as JSON Schema has it: 3 and 3.0, never true, "3" or 3.5.
+Integer = Annotated[StrictInt, BeforeValidator(_integral)]
+# The bound inside the type: `Field(ge=1)` on `Integer | None` would reach the schema as a bare "ge".
+PositiveInteger = Annotated[StrictInt, Field(ge=1), BeforeValidator(_integral)]
 
 
 # Integers are accepted (as strings) and the schema says so.
@@ -67,7 +79,7 @@ class BudgetFields(BaseModel):
     )
 
     # Ranges are checked below (messages that name the value and the range) and shown in the schema here.
-    budget: StrictInt | None = Field(
+    budget: Integer | None = Field(
         default=None, description="Token budget of the context.", json_schema_extra={"minimum": 1}
     )
     rate: StrictFloat | None = Field(
@@ -76,7 +88,7 @@ class BudgetFields(BaseModel):
         json_schema_extra={"exclusiveMinimum": 0, "maximum": 1},
     )
     threshold: StrictFloat | None = Field(default=None, description="Keep only units scoring at least this.")
-    top_k: StrictInt | None = Field(default=None, ge=1, description="Keep at most this many units.")
+    top_k: PositiveInteger | None = Field(default=None, description="Keep at most this many units.")
     method: str | None = Field(default=None, description="Compression method (`none` = no compression).")
     stages: list[str] | None = Field(default=None, description="Pipeline stages, in order.")
 
@@ -222,17 +234,16 @@ class RerankRequest(BaseModel):
     model: str | None = None
     query: str = Field(min_length=1)
     documents: list[str | dict[str, Any]] = Field(min_length=1)
-    top_n: StrictInt | None = Field(default=None, ge=1)
+    top_n: PositiveInteger | None = Field(default=None)
     return_documents: StrictBool = False
     rank_fields: list[str] | None = None
-    max_tokens_per_doc: StrictInt | None = Field(
+    max_tokens_per_doc: PositiveInteger | None = Field(
         default=None,
-        ge=1,
         description="Each document is cut to this many tokens (the target tokenizer's) before it is scored, as "
         "Cohere documents it.",
     )
-    max_chunks_per_doc: StrictInt | None = Field(
-        default=None, ge=1, description="Accepted for Cohere v1 clients; unused."
+    max_chunks_per_doc: PositiveInteger | None = Field(
+        default=None, description="Accepted for Cohere v1 clients; unused."
     )
     ragctx: RerankOptions | None = None
 
@@ -330,7 +341,31 @@ class ChatMessage(BaseModel):
         if isinstance(self.content, str):
             return self.content
         parts = self.content or []
-        return "\n".join(str(p.get("text", "")) for p in parts if p.get("type") == "text")
+        return "\n".join(p["text"] for p in parts if p.get("type") == "text" and isinstance(p.get("text"), str))
+
+
+_HAS_TEXT = {"type": "string", "pattern": "\\S"}
+# What `ChatRequest.question` needs, stated in the schema: some user message with text in it.
+_USER_MESSAGE_WITH_TEXT: dict[str, Any] = {
+    "type": "object",
+    "required": ["role", "content"],
+    "properties": {
+        "role": {"const": "user"},
+        "content": {
+            "anyOf": [
+                _HAS_TEXT,
+                {
+                    "type": "array",
+                    "contains": {
+                        "type": "object",
+                        "required": ["type", "text"],
+                        "properties": {"type": {"const": "text"}, "text": _HAS_TEXT},
+                    },
+                },
+            ]
+        },
+    },
+}
 
 
 class ChatContextOptions(BudgetFields):
@@ -344,9 +379,9 @@ class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str | None = None
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, json_schema_extra={"contains": _USER_MESSAGE_WITH_TEXT})
     stream: StrictBool = False
-    max_tokens: StrictInt | None = Field(default=None, ge=1)
+    max_tokens: PositiveInteger | None = Field(default=None)
     ragctx: ChatContextOptions = Field(default_factory=ChatContextOptions)
 
     @model_validator(mode="after")

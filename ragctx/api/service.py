@@ -89,7 +89,7 @@ class Service:
         _ = self.engine.counter  # the target tokenizer
         _ = self.engine.retriever  # opens the index if there is one
         if self.settings.upstream_base_url is None:
-            self.reader = LocalReader(self.engine.models.reader())
+            self.reader = self.engine.local_reader()
 
     async def start(self) -> None:
         await self.embed_batcher.start()

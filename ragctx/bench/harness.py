@@ -21,7 +21,6 @@ from ragctx.engine import ContextEngine
 from ragctx.evaluation.data import Question, load_nq20
 from ragctx.evaluation.metrics import has_answer, median_p90
 from ragctx.io import atomic_write
-from ragctx.reader import LocalReader
 from ragctx.registry import compressors, known_stage_names
 from ragctx.settings import Settings
 from ragctx.state import Budget
@@ -103,7 +102,7 @@ def run_bench(settings: Settings, cfg: BenchConfig) -> BenchReport:
     engine = ContextEngine(settings)
     if "attnrank" in cfg.methods:
         _ensure_attnrank_profile(engine, cfg, len(questions[0].passages))
-    reader = LocalReader(engine.models.reader()) if cfg.reader_limit else None
+    reader = engine.local_reader() if cfg.reader_limit else None
     full_tokens: list[int] = []
 
     def answer(q: Question, context: str | None, i: int, sample: dict[str, Any]) -> None:

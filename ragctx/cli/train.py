@@ -126,3 +126,93 @@ def train_compllm_cmd(
         f"{report.steps} steps in {report.seconds:.0f} s; held-out loss {report.heldout_before:.4f} -> "
         f"{report.heldout_after:.4f}; use it with RAGCTX_COMPLLM_ADAPTER={out.resolve()}"
     )
+
+
+@train_app.command("reader")
+def train_reader_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the adapter and its training card.")] = Path(
+        "reader-adapter"
+    ),
+    model: Annotated[str, typer.Option("--model", help="Base model (default: the reader model).")] = "default",
+    data: Annotated[
+        Path | None, typer.Option("--data", help="The shared data folder (default ../shared/data).")
+    ] = None,
+    steps: Annotated[int, typer.Option("--steps", min=1)] = 1200,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
+    lr: Annotated[float, typer.Option("--lr")] = 4e-4,
+    rank: Annotated[int, typer.Option("--rank", min=1, help="LoRA rank on every linear layer.")] = 8,
+    max_examples: Annotated[int | None, typer.Option("--max-examples", help="Cap (a tiny CPU run: 32).")] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Longer examples are left out.")] = 3072,
+    max_seconds: Annotated[float | None, typer.Option("--max-seconds", help="Stop (and save) after this.")] = None,
+    eval_questions: Annotated[
+        int,
+        typer.Option(
+            "--eval-questions",
+            min=0,
+            help="Held-out NQ-20 dev questions (qid % 10 == 1) to evaluate on after training; 0 = none.",
+        ),
+    ] = 266,
+    calibration_questions: Annotated[
+        int, typer.Option("--calibration-questions", min=0, help="Training-fold questions that set the DE threshold.")
+    ] = 100,
+    baseline: Annotated[
+        bool, typer.Option("--baseline/--no-baseline", help="Evaluate the base model too, for the card.")
+    ] = True,
+    config: ConfigOpt = None,
+) -> None:
+    """Train the reader adapter (a LoRA) so the small LM answers from the documents or says NO-RESPONSE:
+    the distracting-effect scorer and the local reader use it. Writes the adapter, card.md, loss.png and
+    training.json into --out. A real run belongs on a GPU (RAGCTX_DEVICE=cuda); seeded by RAGCTX_SEED."""
+    import shlex
+    import sys
+
+    from ragctx.models import ModelRegistry, load_lm
+    from ragctx.reader_training import (
+        ReaderTrainSettings,
+        evaluate_reader_adapter,
+        held_out,
+        read_nq20,
+        train_reader_adapter,
+        training_examples,
+        write_training_card,
+    )
+
+    s = settings_or_exit(config)
+    root = shared_data_or_exit(data, "nq20")
+    examples = training_examples(root, seed=s.seed)[:max_examples]
+    lm = ModelRegistry(s).reader() if model == "default" else load_lm(model, s.resolved_cache_dir(), s.device)
+    settings = ReaderTrainSettings(
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        rank=rank,
+        alpha=2.0 * rank,
+        max_tokens=max_tokens,
+        seed=s.seed,
+        max_seconds=max_seconds,
+    )
+    adapter, report = train_reader_adapter(lm, examples, settings)
+    console.print(
+        f"{report.steps} steps in {report.seconds:.0f} s; loss {report.first_loss:.3f} -> {report.last_loss:.3f}"
+    )
+    adapter.save(out)  # now, so a failed evaluation cannot lose the training
+    figures: dict[str, dict[str, object]] = {}
+    if eval_questions:
+        rows = read_nq20(root / "nq20" / "nq20_dev.jsonl.gz")
+        held = [r for r in rows if held_out(int(r["qid"]))][:eval_questions]
+        calibration = [r for r in rows if not held_out(int(r["qid"]))][:calibration_questions]
+        figures["adapted"] = evaluate_reader_adapter(lm, adapter, held, calibration)
+        if "de_threshold" in figures["adapted"]:
+            adapter.info.training["de_threshold"] = figures["adapted"]["de_threshold"]
+        if baseline:
+            figures["base"] = evaluate_reader_adapter(lm, None, held)
+        for name, f in figures.items():
+            console.print(f"{name}: " + json.dumps({k: v for k, v in f.items() if isinstance(v, (int, float))}))
+    adapter.info.training["held_out"] = {
+        k: {n: v for n, v in f.items() if isinstance(v, (int, float))} for k, f in figures.items()
+    }
+    adapter.save(out)
+    write_training_card(
+        out, report, figures, "ragctx train reader " + shlex.join(sys.argv[3:] if len(sys.argv) > 3 else [])
+    )
+    console.print(f"saved to {out}; use it with RAGCTX_READER_ADAPTER={out.resolve()}")

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ragctx.compllm.lora import LoRAAdapter, target_linears
+from ragctx.adapters import LoRAAdapter, target_linears
 from ragctx.models import LanguageModel
 
 CONFIG_FILE = "compllm.json"

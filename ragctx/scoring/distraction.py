@@ -8,13 +8,17 @@ through one batched pass that encodes the shared instruction prefix once (`prefi
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ragctx.models import LanguageModel
-from ragctx.scoring.prefix_batch import last_token_logits
+from ragctx.scoring.prefix_batch import last_token_logits, last_token_logits_many
 from ragctx.types import Passage
+
+if TYPE_CHECKING:
+    from ragctx.adapters import ReaderAdapter
 
 ABSTAIN_INSTRUCTION = (
     "You are given a question and you must respond based on the provided documents. Respond directly "
@@ -22,22 +26,43 @@ ABSTAIN_INSTRUCTION = (
     "respond with NO-RESPONSE. Do not try to respond based on your own knowledge."
 )
 ABSTAIN_STRING = "NO-RESPONSE"
+RAG_PROMPT = "abstain-v1"  # the name of this prompt format, recorded with adapters trained on it
+
+
+def rag_messages(question: str, context: str) -> list[dict[str, str]]:
+    """The one prompt of the distracting-effect scorer and the adapted reader: the abstention instruction,
+    then the documents (`Document: ...` for one passage, the rendered context for several; empty for
+    none) and the question."""
+    documents = f"{context}\n" if context else ""
+    return [
+        {"role": "system", "content": ABSTAIN_INSTRUCTION},
+        {"role": "user", "content": f"{documents}Question: {question}\nAnswer:"},
+    ]
+
+
+def single_document(passage: Passage) -> str:
+    return f"Document: {passage.titled_text}"
+
+
+def chat_ids(lm: LanguageModel, messages: list[dict[str, str]]) -> list[int]:
+    ids: Any = lm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding
+        ids = ids["input_ids"]
+    return [int(x) for x in ids]
+
+
+def adapted(lm: LanguageModel, adapter: ReaderAdapter | None) -> contextlib.AbstractContextManager[None]:
+    return adapter.attached(lm) if adapter is not None else contextlib.nullcontext()
 
 
 @dataclass
 class DistractionScorer:
     lm: LanguageModel
     batch_size: int = 16
+    adapter: ReaderAdapter | None = None  # the trained reader adapter (`ragctx train reader`), if any
 
     def prompt_ids(self, question: str, passage: Passage) -> list[int]:
-        messages = [
-            {"role": "system", "content": ABSTAIN_INSTRUCTION},
-            {"role": "user", "content": f"Document: {passage.titled_text}\nQuestion: {question}\nAnswer:"},
-        ]
-        ids: Any = self.lm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        if hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding
-            ids = ids["input_ids"]
-        return [int(x) for x in ids]
+        return chat_ids(self.lm, rag_messages(question, single_document(passage)))
 
     @property
     def abstain_token(self) -> int:
@@ -48,5 +73,11 @@ class DistractionScorer:
         if not passages:
             return []
         seqs = [self.prompt_ids(question, p) for p in passages]
-        probs = last_token_logits(self.lm, seqs, self.batch_size).softmax(dim=-1)
+        if self.adapter is None:
+            logits = last_token_logits(self.lm, seqs, self.batch_size)
+        else:
+            # Not through the service's batch route: its batches run the base model, on another thread.
+            with adapted(self.lm, self.adapter):
+                logits = last_token_logits_many(self.lm, [seqs], self.batch_size)[0]
+        probs = logits.float().softmax(dim=-1)
         return [1.0 - float(x) for x in probs[:, self.abstain_token]]

@@ -19,12 +19,14 @@ from ragctx.method import BuildContext, Method, MethodSettings
 from ragctx.state import PipelineState
 
 if TYPE_CHECKING:
+    from ragctx.adapters import ReaderAdapter
     from ragctx.models import LanguageModel
 
 # Chosen on NQ-20 dev by `benchmarks/label_thresholds.py --n 30`: the threshold that maximises F1 of
 # "holds the answer" over 600 passages. Embedding cosine: F1 0.85 (gold ranked first 90%); query
 # likelihood under SmolLM2-135M: F1 0.40 (gold first 80%).
 DEFAULT_RELEVANCE_THRESHOLD = {"lm": -2.78, "embedding": 0.59}
+DEFAULT_DE_THRESHOLD = 0.8  # without a reader adapter (whose card holds its own, calibrated)
 
 
 @dataclass
@@ -34,9 +36,10 @@ class LabelStage:
     cache_dir: Path
     relevance_source: Literal["lm", "embedding"] = "embedding"
     relevance_threshold: float | None = None
-    de_threshold: float = 0.8
+    de_threshold: float = DEFAULT_DE_THRESHOLD
     policy: Literal["keep", "drop", "demote"] = "keep"
     name: str = "label"
+    adapter: ReaderAdapter | None = None
 
     def run(self, state: PipelineState) -> None:
         kept = state.kept()
@@ -54,10 +57,10 @@ class LabelStage:
         threshold = self.relevance_threshold
         if threshold is None:
             threshold = DEFAULT_RELEVANCE_THRESHOLD[self.relevance_source]
-        check = check_abstention(self.lm, self.cache_dir)
+        check = check_abstention(self.lm, self.cache_dir, adapter=self.adapter)
         de: list[float | None]
         if check.follows_abstention:
-            de = list(DistractionScorer(self.lm).score(state.question, passages))
+            de = list(DistractionScorer(self.lm, adapter=self.adapter).score(state.question, passages))
         else:
             de = [None] * len(kept)
             state.notes["distracting_effect"] = (
@@ -92,11 +95,12 @@ class LabelSettings(MethodSettings):
     relevance_threshold: float | None = Field(
         default=None, description="Relevance at or above which a passage is `relevant`; none = the dev-tuned default."
     )
-    de_threshold: float = Field(
-        default=0.8,
+    de_threshold: float | None = Field(
+        default=None,
         ge=0.0,
         le=1.0,
-        description="Distracting effect at or above which a non-relevant passage is `distracting`.",
+        description="Distracting effect at or above which a non-relevant passage is `distracting`; none = the "
+        "threshold calibrated with the reader adapter on NQ-20 training questions (0.8 without an adapter).",
     )
     distractor_policy: Literal["keep", "drop", "demote"] = Field(
         default="keep", description="What happens to distracting passages: keep, drop, or rank them last."
@@ -105,14 +109,21 @@ class LabelSettings(MethodSettings):
 
 def build(ctx: BuildContext, cfg: LabelSettings) -> LabelStage:
     embedder = ctx.models.embedder() if cfg.relevance_source == "embedding" else None
+    lm = ctx.models.scorer()
+    adapter = ctx.models.reader_adapter(lm)
+    de_threshold = cfg.de_threshold
+    if de_threshold is None:
+        calibrated = adapter.info.training.get("de_threshold") if adapter is not None else None
+        de_threshold = float(calibrated) if calibrated is not None else DEFAULT_DE_THRESHOLD
     return LabelStage(
-        ctx.models.scorer(),
+        lm,
         embedder,
         ctx.settings.resolved_cache_dir(),
         cfg.relevance_source,
         cfg.relevance_threshold,
-        cfg.de_threshold,
+        de_threshold,
         cfg.distractor_policy,
+        adapter=adapter,
     )
 
 

@@ -1,0 +1,207 @@
+"""Low-rank adapters attached to a frozen model by forward hooks, only while (and where) they are needed.
+
+`y = W x` becomes `y = W x + (alpha / r) * B(A(x))` on the target linear layers for the duration of
+a `with adapter.attached(model):` block. Outside it the base model is untouched, so the same loaded
+model keeps serving EHPC (whose evaluator heads belong to the base model), CompLLM and, adapted, the
+distracting-effect scorer and the reader.
+
+`ReaderAdapter` is a LoRA saved as a folder (`adapter.json` + `adapter.safetensors`, fp16) with the
+model it was trained for; loading it onto another model is refused, naming both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from ragctx.forward_hooks import post_hooks
+
+if TYPE_CHECKING:
+    from ragctx.models import LanguageModel
+
+
+def target_linears(model: nn.Module, targets: Sequence[str]) -> dict[str, nn.Linear]:
+    """Linear layers of `model` whose attribute name is one of `targets` (e.g. q_proj, v_proj)."""
+    found = {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in targets
+    }
+    if not found:
+        raise ValueError(f"no linear layers named {list(targets)} in {type(model).__name__}")
+    return found
+
+
+class LoRAAdapter(nn.Module):
+    def __init__(self, linears: dict[str, nn.Linear], rank: int, alpha: float) -> None:
+        super().__init__()
+        self.rank = rank
+        self.scale = alpha / rank
+        self.names = sorted(linears)
+        self.down = nn.ParameterList()
+        self.up = nn.ParameterList()
+        for name in self.names:
+            lin = linears[name]
+            a = torch.empty(rank, lin.in_features)
+            nn.init.kaiming_uniform_(a, a=5**0.5)
+            self.down.append(nn.Parameter(a))
+            # B = 0: the adapted model starts exactly as the base model.
+            self.up.append(nn.Parameter(torch.zeros(lin.out_features, rank)))
+
+    @contextlib.contextmanager
+    def attached(self, model: nn.Module) -> Iterator[None]:
+        """Adapted forwards for this context only: another thread using the same model meanwhile (the
+        scorer, the plain reader) runs the base model (forward_hooks)."""
+        modules = dict(model.named_modules())
+        with post_hooks({modules[name]: self._hook(i) for i, name in enumerate(self.names)}):
+            yield
+
+    def _hook(self, i: int) -> Any:
+        def hook(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+            x = args[0]
+            a = self.down[i].to(x.dtype)
+            b = self.up[i].to(x.dtype)
+            return output + (x @ a.T @ b.T) * self.scale
+
+        return hook
+
+
+def cosine_lr(step: int, steps: int, lr: float, warmup: int) -> float:
+    """Linear warm-up to `lr`, then cosine decay to 0 at `steps`."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def model_fingerprint(model: nn.Module) -> dict[str, Any]:
+    """What an adapter must match: the architecture's shape and a checksum of the input embeddings
+    (compared with a tolerance, so the same weights in fp32 on a CPU and bf16 on a GPU agree)."""
+    cfg: Any = getattr(model, "config", None)
+    emb: Any = model.get_input_embeddings()  # type: ignore[operator]
+    weight = emb.weight.detach()
+    return {
+        "model_type": str(getattr(cfg, "model_type", type(model).__name__)),
+        "hidden_size": int(weight.shape[1]),
+        "vocab_size": int(weight.shape[0]),
+        "layers": int(getattr(cfg, "num_hidden_layers", 0)),
+        "embedding_checksum": float(weight[:256].float().abs().mean()),
+    }
+
+
+def same_model(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    shape = ("model_type", "hidden_size", "vocab_size", "layers")
+    if any(a.get(k) != b.get(k) for k in shape):
+        return False
+    x, y = float(a["embedding_checksum"]), float(b["embedding_checksum"])
+    return abs(x - y) <= 1e-2 * max(abs(x), abs(y), 1e-12)
+
+
+class AdapterError(RuntimeError):
+    """A missing, corrupt or mismatched adapter; the message names the file."""
+
+
+ADAPTER_FORMAT = 1
+
+
+@dataclass
+class AdapterInfo:
+    model: str  # the name the base model was loaded by, for messages
+    fingerprint: dict[str, Any]
+    rank: int
+    alpha: float
+    targets: list[str]
+    prompt: str  # the prompt format it was trained on
+    format: int = ADAPTER_FORMAT
+    training: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ReaderAdapter:
+    """A LoRA for one base model, with what it was trained for."""
+
+    lora: LoRAAdapter
+    info: AdapterInfo
+    digest: str = "trained-in-process"  # of the weights file it was loaded from: keys calibrations of it
+
+    @classmethod
+    def create(cls, lm: LanguageModel, rank: int, alpha: float, targets: Sequence[str], prompt: str) -> ReaderAdapter:
+        lora = LoRAAdapter(target_linears(lm.model, targets), rank, alpha).to(lm.device)
+        info = AdapterInfo(lm.name, model_fingerprint(lm.model), rank, alpha, list(targets), prompt)
+        return cls(lora, info)
+
+    def attached(self, lm: LanguageModel) -> contextlib.AbstractContextManager[None]:
+        return self.lora.attached(lm.model)
+
+    def save(self, folder: Path) -> None:
+        """adapter.json + adapter.safetensors (fp16), written to a temporary folder and swapped in."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            tensors = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in self.lora.state_dict().items()}
+            save_file(tensors, str(tmp / "adapter.safetensors"))
+            (tmp / "adapter.json").write_text(json.dumps(asdict(self.info), indent=1))
+            for extra in folder.glob("*") if folder.is_dir() else []:
+                if not (tmp / extra.name).exists() and extra.is_file():
+                    shutil.copy2(extra, tmp / extra.name)  # keep the card and plots beside the weights
+            os.chmod(tmp, 0o755)  # mkdtemp's 0700 would follow the folder into a package
+            for f in tmp.iterdir():
+                os.chmod(f, 0o644)
+            old = folder.with_name(folder.name + ".old")
+            if folder.exists():
+                os.replace(folder, old)
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    @classmethod
+    def load(cls, folder: Path, lm: LanguageModel) -> ReaderAdapter:
+        """The adapter in `folder` for `lm`; AdapterError naming the file if it is missing, unreadable or
+        trained for another model."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        folder = Path(folder).expanduser()
+        meta, weights = folder / "adapter.json", folder / "adapter.safetensors"
+        for path in (meta, weights):
+            if not path.is_file():
+                raise AdapterError(f"reader adapter file {path} does not exist")
+        try:
+            raw = json.loads(meta.read_text())
+            info = AdapterInfo(**raw)
+        except (ValueError, TypeError) as exc:
+            raise AdapterError(f"reader adapter file {meta} is not a valid adapter description: {exc}") from exc
+        if info.format != ADAPTER_FORMAT:
+            raise AdapterError(f"reader adapter {meta} has format {info.format}; this ragctx reads {ADAPTER_FORMAT}")
+        if not same_model(info.fingerprint, model_fingerprint(lm.model)):
+            raise AdapterError(
+                f"reader adapter {folder} was trained for {info.model!r}, not for {lm.name!r}: train one for this "
+                "model with `ragctx train reader`, or set RAGCTX_READER_ADAPTER=none"
+            )
+        lora = LoRAAdapter(target_linears(lm.model, info.targets), info.rank, info.alpha)
+        try:
+            state = load_file(str(weights))
+            lora.load_state_dict({k: v.float() for k, v in state.items()})
+        except (SafetensorError, RuntimeError, OSError) as exc:
+            raise AdapterError(f"reader adapter file {weights} is corrupt or does not fit the model: {exc}") from exc
+        lora.to(lm.device).eval()
+        for p in lora.parameters():
+            p.requires_grad_(False)
+        return cls(lora, info, hashlib.sha256(weights.read_bytes()).hexdigest()[:16])

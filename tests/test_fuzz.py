@@ -77,10 +77,10 @@ def chat_schema(settings: Settings, registry: ModelRegistry, tmp_path_factory: p
         upstream.close()
 
 
-def check_response(case: Any) -> int:
+def check_response(case: Any, checks: list[Any]) -> int:
     response = case.call(timeout=120)
     where = f"{case.method} {case.formatted_path}"
-    case.validate_response(response, checks=ALL_CHECKS)  # raises with every failed check, named
+    case.validate_response(response, checks=checks)  # raises with every failed check, named
     if response.status_code >= 400:
         body = response.json()
         message = body.get("error", {}).get("message") if isinstance(body, dict) else None
@@ -88,7 +88,7 @@ def check_response(case: Any) -> int:
     return int(response.status_code)
 
 
-def fuzz_operations(schema: Any) -> list[int]:
+def fuzz_operations(schema: Any, checks: list[Any] = ALL_CHECKS) -> list[int]:
     # Hypothesis driven by hand: schemathesis' pytest plugin does not run under this pytest (9.x).
     statuses: list[int] = []
     for result in schema.get_all_operations():
@@ -104,7 +104,7 @@ def fuzz_operations(schema: Any) -> list[int]:
                 suppress_health_check=list(hypothesis.HealthCheck),
             )
             def fuzz(case: Any) -> None:
-                statuses.append(check_response(case))
+                statuses.append(check_response(case, checks))
 
             try:
                 fuzz()
@@ -124,5 +124,9 @@ def test_every_schemathesis_check_passes_and_every_error_has_a_json_message(api_
 
 def test_chat_completions_fuzzed_in_front_of_a_stub_upstream(chat_schema: Any) -> None:
     assert {result.ok().path for result in chat_schema.get_all_operations()} == {"/v1/chat/completions"}
-    statuses = fuzz_operations(chat_schema)
+    # All checks but positive_data_acceptance: in front of an upstream, chat refuses a soft method
+    # (compllm) with 400, and which methods a request may name depends on the service's upstream, which
+    # no static schema can say.
+    checks = [c for c in ALL_CHECKS if c.__name__ != "positive_data_acceptance"]
+    statuses = fuzz_operations(chat_schema, checks)
     assert 200 in statuses and any(s >= 400 for s in statuses)  # the success path too, not only refusals

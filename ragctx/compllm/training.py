@@ -12,7 +12,6 @@ linear layer learn.
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import time
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from ragctx.adapters import cosine_lr
 from ragctx.compllm.compressor import CompLLM, CompLLMConfig, cut
 from ragctx.compllm.data import DistillExample
 from ragctx.compllm.prompt import embed, prompt_parts
@@ -115,13 +115,6 @@ class TrainReport:
     losses: list[float]
 
 
-def _lr_at(step: int, s: TrainSettings) -> float:
-    if step < s.warmup:
-        return s.lr * (step + 1) / s.warmup
-    progress = (step - s.warmup) / max(1, s.steps - s.warmup)
-    return s.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
 @torch.no_grad()
 def heldout_loss(lm: LanguageModel, comp: CompLLM, batch: Sequence[Encoded]) -> float:
     return float(distill_loss(lm, comp, batch))
@@ -166,7 +159,7 @@ def train_compllm(
     for step in bar:
         ids = [order[(step * s.batch_size + j) % len(order)] for j in range(s.batch_size)]
         for group in opt.param_groups:
-            group["lr"] = _lr_at(step, s)
+            group["lr"] = cosine_lr(step, s.steps, s.lr, s.warmup)
         loss = distill_loss(lm, comp, [train[i] for i in ids])
         opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]

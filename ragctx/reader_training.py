@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from ragctx.adapters import ReaderAdapter, cosine_lr
 from ragctx.evaluation.metrics import has_answer
+from ragctx.io import atomic_write, save_figure
 from ragctx.models import LanguageModel
 from ragctx.reader import LocalReader
 from ragctx.scoring.distraction import (
@@ -187,6 +188,21 @@ class TrainReport:
     losses: list[float] = field(repr=False)
 
 
+def length_batches(lengths: Sequence[int], batch_size: int, seed: int) -> list[list[int]]:
+    """Batches of similar length, in random order: a batch is padded to its longest example, and one
+    20-passage example among 15 single passages would make the step three times as slow."""
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    chunk = batch_size * 32
+    batches: list[list[int]] = []
+    for c in range(0, len(order), chunk):
+        part = sorted(order[c : c + chunk], key=lambda i: lengths[i])
+        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
 def train_reader_adapter(
     lm: LanguageModel,
     examples: Sequence[ReaderExample],
@@ -205,16 +221,23 @@ def train_reader_adapter(
     adapter = ReaderAdapter.create(lm, s.rank, s.alpha, s.targets, RAG_PROMPT)
     params = [p for p in adapter.lora.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=0.0)
-    order = list(range(len(encoded)))
-    random.Random(s.seed).shuffle(order)
+    batches = length_batches([len(e.ids) for e in encoded], s.batch_size, s.seed)
     losses: list[float] = []
     started = time.perf_counter()
     adapter.lora.train()
     with adapter.attached(lm):
         for step in tqdm(range(s.steps), desc="reader adapter", unit="step", disable=not progress):
-            batch = [encoded[order[(step * s.batch_size + j) % len(order)]] for j in range(s.batch_size)]
+            epoch, at = divmod(step, len(batches))
+            if at == 0 and epoch:
+                batches = length_batches([len(e.ids) for e in encoded], s.batch_size, s.seed + epoch)
+            batch = [encoded[i] for i in batches[at]]
+            # With a time cap the schedule follows whichever runs out first, steps or seconds, so a
+            # capped run still ends its cosine decay near 0 instead of stopping at a high rate.
+            done = step
+            if s.max_seconds is not None and step >= s.warmup:
+                done = max(step, int(s.steps * (time.perf_counter() - started) / s.max_seconds))
             for group in opt.param_groups:
-                group["lr"] = cosine_lr(step, s.steps, s.lr, s.warmup)
+                group["lr"] = cosine_lr(done, s.steps, s.lr, s.warmup)
             loss = answer_loss(lm, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
@@ -375,6 +398,14 @@ def write_training_card(folder: Path, report: TrainReport, figures: dict[str, An
     import matplotlib.pyplot as plt
 
     folder.mkdir(parents=True, exist_ok=True)
+    record = {
+        "command": command,
+        "report": asdict(report),
+        "held_out": figures,
+    }
+    # First, with the per-step losses: the card and the plot can be redrawn from it alone.
+    with atomic_write(folder / "training.json") as fh:
+        fh.write(json.dumps(record, indent=1))
     fig, ax = plt.subplots(figsize=(6, 3.2))
     ax.plot(range(1, len(report.losses) + 1), report.losses, lw=0.6, alpha=0.5, label="per step")
     window = 25
@@ -387,15 +418,8 @@ def write_training_card(folder: Path, report: TrainReport, figures: dict[str, An
     ax.set_ylabel("answer cross-entropy")
     ax.set_title("reader adapter training loss")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(folder / "loss.png", dpi=110)
+    save_figure(fig, folder / "loss.png")
     plt.close(fig)
-    record = {
-        "command": command,
-        "report": {k: v for k, v in asdict(report).items() if k != "losses"},
-        "held_out": figures,
-    }
-    (folder / "training.json").write_text(json.dumps(record, indent=1))
     lines = [
         "# Reader adapter: training card",
         "",
@@ -414,7 +438,8 @@ def write_training_card(folder: Path, report: TrainReport, figures: dict[str, An
     keys = sorted({k for f in figures.values() for k, v in f.items() if isinstance(v, (int, float))})
     for k in keys:
         lines.append(f"| {k} | " + " | ".join(_fmt(f.get(k)) for f in figures.values()) + " |")
-    (folder / "card.md").write_text("\n".join(lines) + "\n")
+    with atomic_write(folder / "card.md") as fh:
+        fh.write("\n".join(lines) + "\n")
 
 
 def _fmt(v: Any) -> str:

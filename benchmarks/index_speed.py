@@ -58,7 +58,7 @@ def main() -> None:
     sets = {f"sample-{len(sample)}": sample, f"nq20-corpus-{len(corpus)}": corpus}
     settings = load_settings()
     records: dict[str, dict[str, float]] = {}
-    embedders = {b: load_embedder(settings.embedder, "cpu", backend=b) for b in ("torch", "int8")}
+    embedders = {b: load_embedder(settings.embedder, "cpu", backend=b) for b in ("torch", "int8", "bfloat16")}
     for name, passages in sets.items():
         texts = [embedding_text(p) for p in passages]
         rec: dict[str, float] = {"passages": len(passages)}
@@ -79,7 +79,8 @@ def main() -> None:
             rec[f"build_over_encode_{backend}"] = (
                 rec[f"build_{backend}_passages_per_s"] / rec[f"encode_{backend}_passages_per_s"]
             )
-        rec["int8_over_torch_encode"] = rec["encode_int8_passages_per_s"] / rec["encode_torch_passages_per_s"]
+        for fast in ("int8", "bfloat16"):
+            rec[f"{fast}_over_torch_encode"] = rec[f"encode_{fast}_passages_per_s"] / rec["encode_torch_passages_per_s"]
         records[name] = rec
         print(name, json.dumps(rec, indent=1))
     # Retrieval quality per backend: is the gold passage in the top 10 of the whole corpus?
@@ -110,8 +111,8 @@ def main() -> None:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(7, 3.4))
-        labels = ["encode torch", "build torch", "encode int8", "build int8"]
-        keys = ["encode_torch", "build_torch", "encode_int8", "build_int8"]
+        keys = [f"{step}_{b}" for b in embedders for step in ("encode", "build")]
+        labels = [k.replace("_", " ") for k in keys]
         width = 0.38
         for k, (name, rec) in enumerate(records.items()):
             xs = np.arange(len(keys)) + (k - 0.5) * width

@@ -12,12 +12,15 @@ model it was trained for; loading it onto another model is refused, naming both.
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import hashlib
 import json
 import math
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -126,6 +129,28 @@ class AdapterInfo:
     prompt: str  # the prompt format it was trained on
     format: int = ADAPTER_FORMAT
     training: dict[str, Any] = field(default_factory=dict)
+    probe_layers: list[int] = field(default_factory=list)  # depths of the abstention probes trained with it
+    de_layer: int | None = None  # the probe the DE scorer reads (chosen on the training fold); None = logits
+
+
+class AbstainProbes(nn.Module):
+    """Linear probes, one per depth, for P(abstain) read from the residual stream entering a decoder
+    layer at the answer position: the distracting-effect scorer's early exit (a forward that stops at
+    layer 12 of 30 costs 40 % of a full one). Trained with the LoRA, on its abstention targets."""
+
+    def __init__(self, layers: Sequence[int], hidden: int) -> None:
+        super().__init__()
+        self.layers = sorted(set(layers))
+        self.weight = nn.ParameterDict({str(k): nn.Parameter(torch.zeros(hidden)) for k in self.layers})
+        self.bias = nn.ParameterDict({str(k): nn.Parameter(torch.zeros(())) for k in self.layers})
+
+    def logit(self, layer: int, states: torch.Tensor) -> torch.Tensor:
+        """Abstention log-odds (B,) from states (B, hidden); RMS-normalised first, as the next layer
+        would, so the weights need not follow the residual stream's growing scale."""
+        x = states.float()
+        x = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + 1e-6)
+        w = self.weight[str(layer)]
+        return x @ w.to(x.device) + self.bias[str(layer)].to(x.device)
 
 
 @dataclass
@@ -135,12 +160,61 @@ class ReaderAdapter:
     lora: LoRAAdapter
     info: AdapterInfo
     digest: str = "trained-in-process"  # of the weights file it was loaded from: keys calibrations of it
+    probes: AbstainProbes | None = None
+    _merged: dict[int, LanguageModel] = field(default_factory=dict, repr=False, compare=False)
+    _merge_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def merged(self, lm: LanguageModel) -> LanguageModel:
+        """`lm` with this LoRA folded into a copy of its weights (W + scale * B A, in the model's dtype): an
+        adapted forward then costs a plain forward (no hooks), and `lm` stays the base model for its other
+        users. Made once per model and kept (a second copy of the weights: 270 MB for SmolLM2-135M in
+        bf16); a snapshot, so train first, then merge."""
+        with self._merge_lock:
+            if id(lm.model) not in self._merged:
+                self._merged[id(lm.model)] = self._merge(lm)
+            return self._merged[id(lm.model)]
+
+    def _merge(self, lm: LanguageModel) -> LanguageModel:
+        model: Any = copy.deepcopy(lm.model)
+        linears = target_linears(model, self.info.targets)
+        with torch.no_grad():
+            for i, name in enumerate(self.lora.names):
+                weight = linears[name].weight
+                delta = (self.lora.up[i].float() @ self.lora.down[i].float()) * self.lora.scale
+                weight.copy_((weight.float() + delta.to(weight.device)).to(weight.dtype))
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return dataclasses.replace(lm, name=f"{lm.name}+reader-adapter:{self.digest}", model=model)
 
     @classmethod
-    def create(cls, lm: LanguageModel, rank: int, alpha: float, targets: Sequence[str], prompt: str) -> ReaderAdapter:
+    def create(
+        cls,
+        lm: LanguageModel,
+        rank: int,
+        alpha: float,
+        targets: Sequence[str],
+        prompt: str,
+        probe_layers: Sequence[int] = (),
+    ) -> ReaderAdapter:
         lora = LoRAAdapter(target_linears(lm.model, targets), rank, alpha).to(lm.device)
         info = AdapterInfo(lm.name, model_fingerprint(lm.model), rank, alpha, list(targets), prompt)
-        return cls(lora, info)
+        probes = None
+        if probe_layers:
+            layers = int(getattr(lm.model.config, "num_hidden_layers", 0))
+            bad = [k for k in probe_layers if not 0 < k < layers]
+            if bad:
+                raise ValueError(f"probe layers {bad} are outside 1..{layers - 1} for {lm.name!r}")
+            probes = AbstainProbes(probe_layers, int(lm.model.config.hidden_size)).to(lm.device)
+            info.probe_layers = probes.layers
+        return cls(lora, info, probes=probes)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """What adapter.safetensors holds: the LoRA in fp16, the probes (a few KB) in fp32."""
+        out = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in self.lora.state_dict().items()}
+        if self.probes is not None:
+            out |= {f"probe.{k}": v.detach().to("cpu", torch.float32) for k, v in self.probes.state_dict().items()}
+        return out
 
     def attached(self, lm: LanguageModel) -> contextlib.AbstractContextManager[None]:
         return self.lora.attached(lm.model)
@@ -153,8 +227,7 @@ class ReaderAdapter:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
-            tensors = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in self.lora.state_dict().items()}
-            save_file(tensors, str(tmp / "adapter.safetensors"))
+            save_file(self.state(), str(tmp / "adapter.safetensors"))
             (tmp / "adapter.json").write_text(json.dumps(asdict(self.info), indent=1))
             for extra in folder.glob("*") if folder.is_dir() else []:
                 if not (tmp / extra.name).exists() and extra.is_file():
@@ -196,12 +269,19 @@ class ReaderAdapter:
                 "model with `ragctx train reader`, or set RAGCTX_READER_ADAPTER=none"
             )
         lora = LoRAAdapter(target_linears(lm.model, info.targets), info.rank, info.alpha)
+        probes = AbstainProbes(info.probe_layers, int(lm.model.config.hidden_size)) if info.probe_layers else None
         try:
             state = load_file(str(weights))
-            lora.load_state_dict({k: v.float() for k, v in state.items()})
+            lora.load_state_dict({k: v.float() for k, v in state.items() if not k.startswith("probe.")})
+            if probes is not None:
+                probes.load_state_dict({k[6:]: v.float() for k, v in state.items() if k.startswith("probe.")})
         except (SafetensorError, RuntimeError, OSError) as exc:
             raise AdapterError(f"reader adapter file {weights} is corrupt or does not fit the model: {exc}") from exc
-        lora.to(lm.device).eval()
-        for p in lora.parameters():
-            p.requires_grad_(False)
-        return cls(lora, info, hashlib.sha256(weights.read_bytes()).hexdigest()[:16])
+        if info.de_layer is not None and info.de_layer not in info.probe_layers:
+            raise AdapterError(f"reader adapter {meta} reads DE at layer {info.de_layer}, which has no probe")
+        for module in (lora, probes):
+            if module is not None:
+                module.to(lm.device).eval()
+                for p in module.parameters():
+                    p.requires_grad_(False)
+        return cls(lora, info, hashlib.sha256(weights.read_bytes()).hexdigest()[:16], probes)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ragctx.models import LanguageModel
-from ragctx.scoring.distraction import adapted, rag_messages
+from ragctx.scoring.distraction import rag_messages
 
 if TYPE_CHECKING:
     from ragctx.adapters import ReaderAdapter
@@ -61,6 +61,7 @@ class LocalReader:
         import torch
 
         tok = self.lm.tokenizer
+        lm = self.lm if self.adapter is None else self.adapter.merged(self.lm)
         prompts: list[str] = [
             str(
                 tok.apply_chat_template(reader_messages(q, c, self.adapter), add_generation_prompt=True, tokenize=False)
@@ -74,11 +75,11 @@ class LocalReader:
         for start in range(0, len(order), step):
             rows = order[start : start + step]
             enc: Any = tok([prompts[i] for i in rows], return_tensors="pt", padding=True, add_special_tokens=False)
-            input_ids = enc["input_ids"].to(self.lm.device)
-            with torch.inference_mode(), adapted(self.lm, self.adapter):
-                out: Any = self.lm.model.generate(  # type: ignore[operator]
+            input_ids = enc["input_ids"].to(lm.device)
+            with torch.inference_mode():
+                out: Any = lm.model.generate(  # type: ignore[operator]
                     input_ids,
-                    attention_mask=enc["attention_mask"].to(self.lm.device),
+                    attention_mask=enc["attention_mask"].to(lm.device),
                     max_new_tokens=self.max_new_tokens,
                     do_sample=False,
                     pad_token_id=tok.pad_token_id,

@@ -25,12 +25,12 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from tqdm import tqdm
 
-from ragctx.adapters import ReaderAdapter, cosine_lr
+from ragctx.adapters import AbstainProbes, ReaderAdapter, cosine_lr
 from ragctx.evaluation.metrics import has_answer
 from ragctx.io import atomic_write, save_figure
 from ragctx.models import LanguageModel
@@ -74,6 +74,8 @@ class ReaderTrainSettings:
     max_tokens: int = 3072  # longer examples are left out
     seed: int = 0
     max_seconds: float | None = None
+    probe_layers: tuple[int, ...] = (8, 12, 16)  # abstention probes trained alongside (the DE early exit)
+    probe_weight: float = 0.5
 
 
 def render_documents(passages: Sequence[Passage]) -> str:
@@ -149,17 +151,21 @@ def training_examples(root: Path, seed: int = 0) -> list[ReaderExample]:
 class Encoded:
     ids: list[int]
     target_from: int  # positions >= this are predicted (the answer and the end of turn)
+    abstain: bool = False  # the target is NO-RESPONSE
 
 
 def encode(lm: LanguageModel, ex: ReaderExample) -> Encoded:
     prompt = chat_ids(lm, rag_messages(ex.question, ex.context))
     target = lm.tokenizer.encode(ex.target, add_special_tokens=False)[:24] + [int(lm.tokenizer.eos_token_id)]  # type: ignore[operator]
-    return Encoded(prompt + target, len(prompt))
+    return Encoded(prompt + target, len(prompt), ex.target == ABSTAIN_STRING)
 
 
-def answer_loss(lm: LanguageModel, batch: Sequence[Encoded]) -> torch.Tensor:
+def answer_loss(
+    lm: LanguageModel, batch: Sequence[Encoded], probes: AbstainProbes | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Mean cross-entropy over the target tokens of a right-padded batch; logits only where needed
-    (a 49k vocabulary over every position of 16 x 3k tokens would not fit)."""
+    (a 49k vocabulary over every position of 16 x 3k tokens would not fit). With `probes`, also their
+    mean binary cross-entropy for abstaining, read at the answer position (where DE reads the logits)."""
     width = max(len(e.ids) for e in batch)
     pad = int(lm.tokenizer.pad_token_id)  # type: ignore[arg-type]
     ids = torch.full((len(batch), width), pad, dtype=torch.long)
@@ -169,13 +175,29 @@ def answer_loss(lm: LanguageModel, batch: Sequence[Encoded]) -> torch.Tensor:
         mask[i, : len(e.ids)] = 1
     ids, mask = ids.to(lm.device), mask.to(lm.device)
     base: Any = lm.model.model  # type: ignore[union-attr]
-    hidden = base(input_ids=ids, attention_mask=mask).last_hidden_state
+    result = base(input_ids=ids, attention_mask=mask, output_hidden_states=probes is not None)
+    hidden = result.last_hidden_state
     rows = [torch.arange(e.target_from - 1, len(e.ids) - 1) for e in batch]  # position t predicts t + 1
     which = torch.cat([torch.full((len(r),), i) for i, r in enumerate(rows)]).to(lm.device)
     at = torch.cat(rows).to(lm.device)
     logits = lm.model.lm_head(hidden[which, at]).float()  # type: ignore[operator]
     labels = ids[which, at + 1]
-    return torch.nn.functional.cross_entropy(logits, labels)
+    answer = torch.nn.functional.cross_entropy(logits, labels)
+    if probes is None:
+        return answer, None
+    answer_at = torch.tensor([e.target_from - 1 for e in batch], device=lm.device)
+    target = torch.tensor([float(e.abstain) for e in batch], device=lm.device)
+    everyone = torch.arange(len(batch), device=lm.device)
+    # hidden_states[k] is what enters decoder layer k (hidden_states[0]: the embeddings).
+    probe = torch.stack(
+        [
+            torch.nn.functional.binary_cross_entropy_with_logits(
+                probes.logit(k, result.hidden_states[k][everyone, answer_at]), target
+            )
+            for k in probes.layers
+        ]
+    ).mean()
+    return answer, probe
 
 
 @dataclass
@@ -186,6 +208,7 @@ class TrainReport:
     first_loss: float
     last_loss: float
     losses: list[float] = field(repr=False)
+    probe_losses: list[float] = field(default_factory=list, repr=False)
 
 
 def length_batches(lengths: Sequence[int], batch_size: int, seed: int) -> list[list[int]]:
@@ -218,9 +241,12 @@ def train_reader_adapter(
     encoded = [e for e in (encode(lm, ex) for ex in examples) if len(e.ids) <= s.max_tokens]
     if not encoded:
         raise ValueError("no training example fits max_tokens")
-    adapter = ReaderAdapter.create(lm, s.rank, s.alpha, s.targets, RAG_PROMPT)
+    adapter = ReaderAdapter.create(lm, s.rank, s.alpha, s.targets, RAG_PROMPT, s.probe_layers)
     params = [p for p in adapter.lora.parameters() if p.requires_grad]
+    if adapter.probes is not None:
+        params += list(adapter.probes.parameters())
     opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=0.0)
+    probe_losses: list[float] = []
     batches = length_batches([len(e.ids) for e in encoded], s.batch_size, s.seed)
     losses: list[float] = []
     started = time.perf_counter()
@@ -238,17 +264,22 @@ def train_reader_adapter(
                 done = max(step, int(s.steps * (time.perf_counter() - started) / s.max_seconds))
             for group in opt.param_groups:
                 group["lr"] = cosine_lr(done, s.steps, s.lr, s.warmup)
-            loss = answer_loss(lm, batch)
+            loss, probe = answer_loss(lm, batch, adapter.probes)
+            total = loss if probe is None else loss + s.probe_weight * probe
             opt.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
+            total.backward()  # type: ignore[no-untyped-call]
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             losses.append(float(loss.detach()))
+            if probe is not None:
+                probe_losses.append(float(probe.detach()))
             if s.max_seconds is not None and time.perf_counter() - started > s.max_seconds:
                 break
-    adapter.lora.eval()
-    for p in adapter.lora.parameters():
-        p.requires_grad_(False)
+    for module in (adapter.lora, adapter.probes):
+        if module is not None:
+            module.eval()
+            for p in module.parameters():
+                p.requires_grad_(False)
     report = TrainReport(
         steps=len(losses),
         seconds=round(time.perf_counter() - started, 1),
@@ -256,10 +287,11 @@ def train_reader_adapter(
         first_loss=sum(losses[:10]) / max(1, len(losses[:10])),
         last_loss=sum(losses[-10:]) / max(1, len(losses[-10:])),
         losses=losses,
+        probe_losses=probe_losses,
     )
     adapter.info.training = {
         "settings": {**asdict(s), "targets": list(s.targets)},
-        **{k: v for k, v in asdict(report).items() if k != "losses"},
+        **{k: v for k, v in asdict(report).items() if k not in ("losses", "probe_losses")},
     }
     return adapter, report
 
@@ -301,9 +333,37 @@ def best_de_threshold(gold: Sequence[float], distractors: Sequence[float]) -> fl
     return best_t
 
 
-def de_scores(lm: LanguageModel, adapter: ReaderAdapter | None, rows: Sequence[dict[str, Any]]) -> list[list[float]]:
-    scorer = DistractionScorer(lm, batch_size=20, adapter=adapter)
+def de_scores(
+    lm: LanguageModel,
+    adapter: ReaderAdapter | None,
+    rows: Sequence[dict[str, Any]],
+    read_at: int | Literal["adapter"] | None = "adapter",
+) -> list[list[float]]:
+    scorer = DistractionScorer(lm, batch_size=20, adapter=adapter, read_at=read_at)
     return [scorer.score(str(r["question"]), nq_passages(r)) for r in tqdm(rows, desc="distracting effect", unit="q")]
+
+
+def gold_vs_distractors(
+    de: Sequence[Sequence[float]], rows: Sequence[dict[str, Any]]
+) -> tuple[list[float], list[float]]:
+    gold = [d[int(r["gold_index"])] for d, r in zip(de, rows, strict=True)]
+    other = [v for d, r in zip(de, rows, strict=True) for i, v in enumerate(d) if i != int(r["gold_index"])]
+    return gold, other
+
+
+def choose_de_layer(
+    lm: LanguageModel, adapter: ReaderAdapter, calibration: Sequence[dict[str, Any]], tolerance: float = 0.01
+) -> dict[str, float]:
+    """Set `adapter.info.de_layer` to the shallowest probe whose gold-vs-distractor ROC AUC on the
+    training-fold `calibration` questions is within `tolerance` of the full model's (None if none is):
+    the early exit is taken only where it costs no separation. Returns every AUC it compared."""
+    aucs = {"full": roc_auc(*gold_vs_distractors(de_scores(lm, adapter, calibration, None), calibration))}
+    for k in adapter.probes.layers if adapter.probes is not None else []:
+        aucs[f"probe_{k}"] = roc_auc(*gold_vs_distractors(de_scores(lm, adapter, calibration, k), calibration))
+    adapter.info.de_layer = next(
+        (k for k in sorted(adapter.info.probe_layers) if aucs[f"probe_{k}"] >= aucs["full"] - tolerance), None
+    )
+    return aucs
 
 
 def reader_accuracy(
@@ -329,11 +389,16 @@ def evaluate_reader_adapter(
     and none, accuracy by gold position, and the seed paper's finding (gold + the highest-DE distractor
     vs gold + the lowest-DE one). `calibration` (training-fold questions) sets the DE threshold."""
     reader = LocalReader(lm, max_new_tokens=12, adapter=adapter)
-    de = de_scores(lm, adapter, held)
-    gold_de = [d[int(r["gold_index"])] for d, r in zip(de, held, strict=True)]
-    other_de = [v for d, r in zip(de, held, strict=True) for i, v in enumerate(d) if i != int(r["gold_index"])]
-    out: dict[str, Any] = {
-        "questions": len(held),
+    out: dict[str, Any] = {"questions": len(held)}
+    if adapter is not None and adapter.probes is not None and calibration:
+        out["de_auc_calibration"] = choose_de_layer(lm, adapter, calibration)
+        out["de_layer"] = adapter.info.de_layer
+        out["de_auc_full"] = roc_auc(*gold_vs_distractors(de_scores(lm, adapter, held, None), held))
+        for k in adapter.probes.layers:
+            out[f"de_auc_probe_{k}"] = roc_auc(*gold_vs_distractors(de_scores(lm, adapter, held, k), held))
+    de = de_scores(lm, adapter, held)  # as the shipped scorer reads it
+    gold_de, other_de = gold_vs_distractors(de, held)
+    out |= {
         "de_auc": roc_auc(gold_de, other_de),
         "de_gold_ranked_first": sum(
             max(range(len(d)), key=lambda i: d[i]) == int(r["gold_index"]) for d, r in zip(de, held, strict=True)
@@ -343,11 +408,7 @@ def evaluate_reader_adapter(
         "de_mean_distractor": sum(other_de) / len(other_de),
     }
     if calibration:
-        cal = de_scores(lm, adapter, calibration)
-        cal_gold = [d[int(r["gold_index"])] for d, r in zip(cal, calibration, strict=True)]
-        cal_other = [
-            v for d, r in zip(cal, calibration, strict=True) for i, v in enumerate(d) if i != int(r["gold_index"])
-        ]
+        cal_gold, cal_other = gold_vs_distractors(de_scores(lm, adapter, calibration), calibration)
         out["de_threshold"] = best_de_threshold(cal_gold, cal_other)
         t = out["de_threshold"]
         out["de_threshold_heldout"] = {
@@ -414,8 +475,14 @@ def write_training_card(folder: Path, report: TrainReport, figures: dict[str, An
         for i in range(len(report.losses))
     ]
     ax.plot(range(1, len(smooth) + 1), smooth, lw=1.5, label=f"mean of {window}")
+    if report.probe_losses:
+        pl = report.probe_losses
+        mean_pl = [
+            sum(pl[max(0, i - window + 1) : i + 1]) / len(pl[max(0, i - window + 1) : i + 1]) for i in range(len(pl))
+        ]
+        ax.plot(range(1, len(pl) + 1), mean_pl, lw=1.5, label=f"abstention probes (BCE), mean of {window}")
     ax.set_xlabel("step")
-    ax.set_ylabel("answer cross-entropy")
+    ax.set_ylabel("cross-entropy")
     ax.set_title("reader adapter training loss")
     ax.legend()
     save_figure(fig, folder / "loss.png")

@@ -29,6 +29,7 @@ from ragctx.reader_training import (
     training_examples,
 )
 from ragctx.scoring.distraction import ABSTAIN_STRING, DistractionScorer, single_document
+from ragctx.scoring.prefix_batch import last_token_logits
 from ragctx.settings import Settings
 
 
@@ -70,19 +71,30 @@ def test_a_tiny_training_run_lowers_the_loss_and_round_trips_through_its_folder(
     settings = ReaderTrainSettings(steps=12, batch_size=8, lr=3e-3, warmup=1, max_tokens=512)
     adapter, report = train_reader_adapter(lm, examples, settings, progress=False)
     assert report.steps == 12 and report.last_loss < 0.7 * report.first_loss
+    # The abstention probes learn alongside (from log 2 = 0.693, where zero weights start).
+    assert len(report.probe_losses) == 12 and sum(report.probe_losses[-3:]) < sum(report.probe_losses[:3])
     with torch.no_grad():
-        base = float(answer_loss(lm, batch))
+        base = float(answer_loss(lm, batch)[0])
         with adapter.attached(lm):
-            tuned = float(answer_loss(lm, batch))
+            tuned = float(answer_loss(lm, batch)[0])
     assert tuned < 0.7 * base  # the adapter is what lowered it; the base model is untouched
     folder = tmp_path / "adapter"
     adapter.save(folder)
     loaded = ReaderAdapter.load(folder, lm)
     assert loaded.info.rank == settings.rank and loaded.info.training["steps"] == 12
     q, passages = held_rows[0]["question"], nq_passages(held_rows[0])[:3]
-    a = DistractionScorer(lm, adapter=adapter).score(q, passages)
-    b = DistractionScorer(lm, adapter=loaded).score(q, passages)
-    assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-2  # saved in fp16
+    assert loaded.info.probe_layers == list(settings.probe_layers) and loaded.probes is not None
+    for read_at in (None, settings.probe_layers[0]):
+        a = DistractionScorer(lm, adapter=adapter, read_at=read_at).score(q, passages)
+        b = DistractionScorer(lm, adapter=loaded, read_at=read_at).score(q, passages)
+        assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-2  # the LoRA is saved in fp16
+    # The merged copy the scorer runs gives what the hooked LoRA gives, and leaves the base model as it was.
+    seqs = [DistractionScorer(lm).prompt_ids(q, p) for p in passages]
+    before = last_token_logits(lm, seqs)
+    with adapter.attached(lm):
+        hooked = last_token_logits(lm, seqs).softmax(-1)
+    merged = last_token_logits(adapter.merged(lm), seqs).softmax(-1)
+    assert torch.allclose(hooked, merged, atol=2e-2) and torch.equal(before, last_token_logits(lm, seqs))
 
 
 def test_a_missing_corrupt_or_foreign_adapter_is_refused_naming_the_file(registry, shipped, tmp_path):

@@ -117,7 +117,8 @@ def train_compllm_cmd(
     s = settings_or_exit(config)
     root = shared_data_or_exit(data, "nq20")
     examples = training_examples(root, seed=s.seed)[:max_examples]
-    lm = ModelRegistry(s).reader() if model == "default" else load_lm(model, s.resolved_cache_dir(), s.device)
+    registry = ModelRegistry(s)
+    lm = registry.reader() if model == "default" else load_lm(model, s.resolved_cache_dir(), s.device, s.lm_dtype)
     settings = TrainSettings(
         steps=steps, batch_size=batch_size, lr=lr, max_context_tokens=max_context_tokens, max_seconds=max_seconds
     )
@@ -180,7 +181,8 @@ def train_reader_cmd(
     s = settings_or_exit(config)
     root = shared_data_or_exit(data, "nq20")
     examples = training_examples(root, seed=s.seed)[:max_examples]
-    lm = ModelRegistry(s).reader() if model == "default" else load_lm(model, s.resolved_cache_dir(), s.device)
+    registry = ModelRegistry(s)
+    lm = registry.reader() if model == "default" else load_lm(model, s.resolved_cache_dir(), s.device, s.lm_dtype)
     settings = ReaderTrainSettings(
         steps=steps,
         batch_size=batch_size,

@@ -8,13 +8,14 @@ through one batched pass that encodes the shared instruction prefix once (`prefi
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
 
 from ragctx.models import LanguageModel
-from ragctx.scoring.prefix_batch import last_token_logits, last_token_logits_many
+from ragctx.scoring.prefix_batch import last_token_logits, last_token_states
 from ragctx.types import Passage
 
 if TYPE_CHECKING:
@@ -51,15 +52,14 @@ def chat_ids(lm: LanguageModel, messages: list[dict[str, str]]) -> list[int]:
     return [int(x) for x in ids]
 
 
-def adapted(lm: LanguageModel, adapter: ReaderAdapter | None) -> contextlib.AbstractContextManager[None]:
-    return adapter.attached(lm) if adapter is not None else contextlib.nullcontext()
-
-
 @dataclass
 class DistractionScorer:
     lm: LanguageModel
     batch_size: int = 16
     adapter: ReaderAdapter | None = None  # the trained reader adapter (`ragctx train reader`), if any
+    # Where an adapted DE is read: "adapter" = the probe depth the adapter chose on its training fold
+    # (if it has one; else the answer logits), None = the answer logits of the full model, k = probe k.
+    read_at: int | Literal["adapter"] | None = "adapter"
 
     def prompt_ids(self, question: str, passage: Passage) -> list[int]:
         return chat_ids(self.lm, rag_messages(question, single_document(passage)))
@@ -76,8 +76,15 @@ class DistractionScorer:
         if self.adapter is None:
             logits = last_token_logits(self.lm, seqs, self.batch_size)
         else:
-            # Not through the service's batch route: its batches run the base model, on another thread.
-            with adapted(self.lm, self.adapter):
-                logits = last_token_logits_many(self.lm, [seqs], self.batch_size)[0]
+            lm = self.adapter.merged(self.lm)
+            layer = self.adapter.info.de_layer if self.read_at == "adapter" else self.read_at
+            if layer is not None:
+                if self.adapter.probes is None or layer not in self.adapter.probes.layers:
+                    raise ValueError(f"the reader adapter has no probe at layer {layer}")
+                # Early exit: the forward stops at the probe's depth.
+                states = last_token_states(lm, seqs, layer, self.batch_size)
+                abstain = torch.sigmoid(self.adapter.probes.logit(layer, states))
+                return [1.0 - float(x) for x in abstain]
+            logits = last_token_logits(lm, seqs, self.batch_size)
         probs = logits.float().softmax(dim=-1)
         return [1.0 - float(x) for x in probs[:, self.abstain_token]]

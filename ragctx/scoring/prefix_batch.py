@@ -16,7 +16,9 @@ of the pipeline: it runs directly, unless the running thread was given a batch r
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import inspect
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -26,6 +28,7 @@ from typing import Any
 
 import torch
 
+from ragctx.forward_hooks import pre_hooks
 from ragctx.models import LanguageModel
 
 
@@ -95,6 +98,24 @@ def last_token_logits_many(
     its own); a group encodes its calls' prefixes in one left-padded forward, then its suffix rows in
     chunks of `batch_size`, each row attending to its own call's prefix.
     """
+    return _last_token_outputs(lm, calls, batch_size, None)
+
+
+def last_token_states(
+    lm: LanguageModel, sequences: Sequence[Sequence[int]], layer: int, batch_size: int = 16
+) -> torch.Tensor:
+    """The residual stream (B, hidden) entering decoder layer `layer` at the last position of every
+    sequence, in fp32 on the CPU: what a probe at that depth reads. Each suffix forward stops there, so
+    the layers above are never computed (the shared prefix, encoded once, runs in full)."""
+    if not sequences:
+        return torch.empty(0)
+    _check(sequences)
+    return _last_token_outputs(lm, [sequences], batch_size, layer)[0]
+
+
+def _last_token_outputs(
+    lm: LanguageModel, calls: Sequence[Sequence[Sequence[int]]], batch_size: int, layer: int | None
+) -> list[torch.Tensor]:
     for seqs in calls:
         _check(seqs)
     out: list[torch.Tensor] = [torch.empty(0)] * len(calls)
@@ -104,13 +125,17 @@ def last_token_logits_many(
         if not seqs:
             continue
         if group and rows + len(seqs) > batch_size:
-            _run_group(lm, [calls[j] for j in group], batch_size, out, group)
+            _run_group(lm, [calls[j] for j in group], batch_size, out, group, layer)
             group, rows = [], 0
         group.append(i)
         rows += len(seqs)
     if group:
-        _run_group(lm, [calls[j] for j in group], batch_size, out, group)
+        _run_group(lm, [calls[j] for j in group], batch_size, out, group, layer)
     return out
+
+
+class _StopForward(Exception):
+    """Raised by the hook that has read the state it needs: the layers above are skipped."""
 
 
 def _run_group(
@@ -119,7 +144,9 @@ def _run_group(
     batch_size: int,
     out: list[torch.Tensor],
     where: list[int],
+    layer: int | None = None,
 ) -> None:
+    """Logits at the last position of every row, or with `layer` the state entering that layer."""
     model = lm.model
     kw = _cache_kwarg(type(model))  # type: ignore[arg-type]
     device = lm.device
@@ -150,8 +177,10 @@ def _run_group(
                     logits_to_keep=1,
                 )
             )
-        for start in range(0, len(flat), batch_size):
-            chunk = flat[start : start + batch_size]
+        # Rows of similar length share a chunk (less padding); the logits go back in the callers' order.
+        order = sorted(range(len(flat)), key=lambda i: len(flat[i][1]))
+        for start in range(0, len(order), batch_size):
+            chunk = [flat[i] for i in order[start : start + batch_size]]
             owners = torch.tensor([c for c, _ in chunk])
             b, width = len(chunk), max(len(s) for _, s in chunk)
             ids = torch.full((b, width), pad, dtype=torch.long)
@@ -167,7 +196,8 @@ def _run_group(
                 past.batch_select_indices(owners.to(device))  # type: ignore[attr-defined]
                 kwargs[kw] = past
             full_mask = torch.cat([prefix_mask[owners], mask], dim=1)
-            result = model(
+            run = functools.partial(
+                model,
                 ids.to(device),
                 attention_mask=full_mask.to(device),
                 position_ids=positions.to(device),
@@ -175,12 +205,34 @@ def _run_group(
                 logits_to_keep=1,
                 **kwargs,
             )
-            logits.append(result.logits[:, -1].float().cpu())
-    merged = torch.cat(logits, dim=0)
+            if layer is None:
+                logits.append(run().logits[:, -1].float().cpu())
+            else:
+                logits.append(_state_entering(model, layer, run))
+    stacked = torch.cat(logits, dim=0)
+    merged = torch.empty_like(stacked)
+    merged[torch.tensor(order)] = stacked
     start = 0
     for c, seqs in enumerate(calls):
         out[where[c]] = merged[start : start + len(seqs)]
         start += len(seqs)
+
+
+def _state_entering(model: Any, layer: int, run: Callable[[], Any]) -> torch.Tensor:
+    seen: list[torch.Tensor] = []
+
+    def capture(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        seen.append(hidden[:, -1].float().cpu())
+        raise _StopForward
+
+    decoder = model.model.layers
+    if not 0 <= layer < len(decoder):
+        raise ValueError(f"layer {layer} is outside the model's {len(decoder)} decoder layers")
+    # The hook is this call's own (forward_hooks): concurrent forwards of the shared model never see it.
+    with pre_hooks({decoder[layer]: capture}), contextlib.suppress(_StopForward):
+        run()
+    return seen[0]
 
 
 def logits_for_calls(

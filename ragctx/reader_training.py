@@ -30,7 +30,7 @@ from typing import Any, Literal
 import torch
 from tqdm import tqdm
 
-from ragctx.adapters import AbstainProbes, ReaderAdapter, cosine_lr
+from ragctx.adapters import AbstainProbes, ReaderAdapter, cosine_lr, frozen
 from ragctx.evaluation.metrics import has_answer
 from ragctx.io import atomic_write, save_figure
 from ragctx.models import LanguageModel
@@ -234,10 +234,14 @@ def train_reader_adapter(
 ) -> tuple[ReaderAdapter, TrainReport]:
     """Train a reader adapter on `examples` (seeded: the same examples and seed give the same adapter
     on the same device)."""
-    s = settings or ReaderTrainSettings()
+    with frozen(lm.model):
+        return _train_reader_adapter(lm, examples, settings or ReaderTrainSettings(), progress)
+
+
+def _train_reader_adapter(
+    lm: LanguageModel, examples: Sequence[ReaderExample], s: ReaderTrainSettings, progress: bool
+) -> tuple[ReaderAdapter, TrainReport]:
     torch.manual_seed(s.seed)
-    for p in lm.model.parameters():
-        p.requires_grad_(False)
     encoded = [e for e in (encode(lm, ex) for ex in examples) if len(e.ids) <= s.max_tokens]
     if not encoded:
         raise ValueError("no training example fits max_tokens")

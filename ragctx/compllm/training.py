@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from ragctx.adapters import cosine_lr
+from ragctx.adapters import cosine_lr, frozen
 from ragctx.compllm.compressor import CompLLM, CompLLMConfig, cut
 from ragctx.compllm.data import DistillExample
 from ragctx.compllm.prompt import embed, prompt_parts
@@ -132,12 +132,24 @@ def train_compllm(
 ) -> TrainReport:
     """Train, checkpointing every `checkpoint_every` steps into `out_dir` (resumable), and save the
     adapter there (compllm.json + adapter.safetensors) at the end."""
-    s = settings or TrainSettings()
-    out_dir = Path(out_dir)
+    with frozen(lm.model):
+        return _train_compllm(
+            lm, examples, Path(out_dir), settings or TrainSettings(), config, heldout, resume, progress
+        )
+
+
+def _train_compllm(
+    lm: LanguageModel,
+    examples: Sequence[DistillExample],
+    out_dir: Path,
+    s: TrainSettings,
+    config: CompLLMConfig | None,
+    heldout: int,
+    resume: bool,
+    progress: bool,
+) -> TrainReport:
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(s.seed)
-    for p in lm.model.parameters():
-        p.requires_grad_(False)
     encoded = [encode_example(lm, ex, s) for ex in examples]
     held, train = encoded[:heldout], encoded[heldout:] or encoded[:heldout]
     comp = CompLLM(lm, config)

@@ -83,7 +83,8 @@ class DistractionScorer:
                     raise ValueError(f"the reader adapter has no probe at layer {layer}")
                 # Early exit: the forward stops at the probe's depth.
                 states = last_token_states(lm, seqs, layer, self.batch_size)
-                abstain = torch.sigmoid(self.adapter.probes.logit(layer, states))
+                with torch.inference_mode():
+                    abstain = torch.sigmoid(self.adapter.probes.logit(layer, states))
                 return [1.0 - float(x) for x in abstain]
             logits = last_token_logits(lm, seqs, self.batch_size)
         probs = logits.float().softmax(dim=-1)

@@ -72,6 +72,27 @@ def registry(settings: Settings) -> ModelRegistry:
 
 
 @pytest.fixture(scope="session")
+def exact_settings(settings: Settings) -> Settings:
+    """float32 models, for the tests that compare two computations of the same numbers (batched and alone,
+    cached and fresh, early exit and full forward) to float32 rounding, and for golden outputs that must not
+    depend on the machine. The default (`auto`) is bf16 on a CPU with bf16 instructions, whose own rounding
+    differs between batch layouts by ~1e-2."""
+    return load_settings(
+        index_dir=settings.index_dir, cache_dir=settings.cache_dir, lm_dtype="float32", embedder_backend="torch"
+    )
+
+
+@pytest.fixture(scope="session")
+def exact_registry(exact_settings: Settings) -> ModelRegistry:
+    return ModelRegistry(exact_settings)
+
+
+@pytest.fixture(scope="session")
+def exact_engine(exact_settings: Settings, exact_registry: ModelRegistry) -> ContextEngine:
+    return ContextEngine(exact_settings, exact_registry)
+
+
+@pytest.fixture(scope="session")
 def engine(settings: Settings, registry: ModelRegistry) -> ContextEngine:
     return ContextEngine(settings, registry)
 

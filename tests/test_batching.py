@@ -30,8 +30,8 @@ def run(coro):
     return asyncio.run(coro)
 
 
-def test_fifty_concurrent_embeddings_are_batched_and_equal_the_unbatched_ones(registry, nq20_rows):
-    embedder = registry.embedder()
+def test_fifty_concurrent_embeddings_are_batched_and_equal_the_unbatched_ones(exact_registry, nq20_rows):
+    embedder = exact_registry.embedder()
     texts = [row["question"] for row in nq20_rows] + [p["title"] for p in nq20_rows[0]["passages"]]
     texts = texts[:50]
     assert len(texts) == 50

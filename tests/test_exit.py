@@ -24,8 +24,8 @@ from ragctx.state import Budget
 from tests.conftest import need_data, passages_of
 
 
-def test_batched_prefix_path_selects_exactly_what_per_sentence_encoding_selects(registry, nq20_rows):
-    scorer = ExitLMScorer(registry.scorer())
+def test_batched_prefix_path_selects_exactly_what_per_sentence_encoding_selects(exact_registry, nq20_rows):
+    scorer = ExitLMScorer(exact_registry.scorer())
     row = nq20_rows[0]
     passage = passages_of(row)[row["gold_index"]]
     sentences = [passage.text[a:b] for a, b in sentence_offsets(passage.text)]

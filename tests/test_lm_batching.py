@@ -20,7 +20,13 @@ from test_api import running
 from ragctx.api import create_app
 from ragctx.api.batching import BatcherClosedError, ThreadBatcher
 from ragctx.compressors.exit import ExitLMScorer
-from ragctx.scoring.prefix_batch import last_token_logits, last_token_logits_many, logits_for_calls, routed_through
+from ragctx.scoring.prefix_batch import (
+    last_token_logits,
+    last_token_logits_many,
+    last_token_states,
+    logits_for_calls,
+    routed_through,
+)
 
 # Logits of one prompt differ by float rounding only between batch layouts (padding changes the kernels'
 # shapes): measured < 2e-4 on chat prompts, ~1e-3 on a 3-token prompt with no prefix batched with long ones.
@@ -28,9 +34,9 @@ ATOL = 2e-3
 
 
 @pytest.fixture(scope="module")
-def exit_calls(registry, nq20_rows) -> list[list[list[int]]]:
+def exit_calls(exact_registry, nq20_rows) -> list[list[list[int]]]:
     """One EXIT call per (question, first passage): the prompts of its first sentences."""
-    scorer = ExitLMScorer(registry.scorer())
+    scorer = ExitLMScorer(exact_registry.scorer())
     calls = []
     for row in nq20_rows[:6]:
         passage = passages_of(row)[0]
@@ -39,8 +45,8 @@ def exit_calls(registry, nq20_rows) -> list[list[list[int]]]:
     return calls
 
 
-def test_many_calls_together_equal_each_call_alone(registry, exit_calls):
-    lm = registry.scorer()
+def test_many_calls_together_equal_each_call_alone(exact_registry, exit_calls):
+    lm = exact_registry.scorer()
     odd = [[1, 2, 3], [7, 8, 9, 10, 11], [7, 8, 9, 12]]  # no shared prefix / a short one
     calls = [*exit_calls, odd]
     alone = [last_token_logits(lm, c) for c in calls]
@@ -64,8 +70,8 @@ class Recorder:
         return self.fn(items)
 
 
-def test_concurrent_threads_get_their_own_logits_and_share_batches(registry, exit_calls):
-    lm = registry.scorer()
+def test_concurrent_threads_get_their_own_logits_and_share_batches(exact_registry, exit_calls):
+    lm = exact_registry.scorer()
     expected = [last_token_logits(lm, c) for c in exit_calls]
     recorder = Recorder(lambda calls: logits_for_calls(calls, 16))
     batcher = ThreadBatcher(recorder, max_batch_size=8, max_wait_ms=200)
@@ -208,3 +214,16 @@ def test_the_service_with_lm_batching_answers_as_without(settings, registry, nq2
     assert same >= len(bodies) // 2, f"only {same} of {len(bodies)} contexts equal the unbatched ones"
     assert 'ragctx_batch_size_count{batcher="scorer_lm"}' in metrics
     assert 'batcher="scorer_lm"' not in direct_metrics
+
+
+def test_states_at_a_layer_equal_a_full_forwards_hidden_states_there(exact_registry, exit_calls):
+    lm = exact_registry.scorer()
+    prompts = exit_calls[0]
+    states = last_token_states(lm, prompts, layer=6, batch_size=2)  # shared prefix, chunks, early exit
+    with torch.inference_mode():
+        whole = torch.cat(
+            [lm.model(torch.tensor([s]), output_hidden_states=True).hidden_states[6][:, -1] for s in prompts]
+        )
+    torch.testing.assert_close(states, whole.float(), atol=2e-3, rtol=1e-3)
+    with pytest.raises(ValueError, match="outside"):
+        last_token_states(lm, prompts, layer=99)

@@ -49,8 +49,8 @@ UNRELATED = [
 ]
 
 
-def test_shared_prefix_batching_equals_encoding_each_prompt_alone(registry):
-    lm = registry.scorer()
+def test_shared_prefix_batching_equals_encoding_each_prompt_alone(exact_registry):
+    lm = exact_registry.scorer()
     scorer = DistractionScorer(lm)
     passages = [GOLD, *UNRELATED]
     seqs = [scorer.prompt_ids(QUESTION, p) for p in passages]

@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from ragctx.adapters import AbstainProbes, ReaderAdapter, cosine_lr, frozen
-from ragctx.evaluation.metrics import has_answer
+from ragctx.evaluation.metrics import has_answer, roc_auc
 from ragctx.io import atomic_write, save_figure
 from ragctx.models import LanguageModel
 from ragctx.reader import LocalReader
@@ -303,23 +303,6 @@ def _train_reader_adapter(
 # ---- held-out evaluation --------------------------------------------------------------------------------
 
 
-def roc_auc(positives: Sequence[float], negatives: Sequence[float]) -> float:
-    """P(a positive scores above a negative), ties counted half (Mann-Whitney U)."""
-    if not positives or not negatives:
-        return float("nan")
-    ranked = sorted([(v, 1) for v in positives] + [(v, 0) for v in negatives])
-    rank_sum, i = 0.0, 0
-    while i < len(ranked):
-        j = i
-        while j < len(ranked) and ranked[j][0] == ranked[i][0]:
-            j += 1
-        mean_rank = (i + j + 1) / 2  # 1-based ranks i+1 .. j
-        rank_sum += mean_rank * sum(1 for k in range(i, j) if ranked[k][1])
-        i = j
-    n_pos, n_neg = len(positives), len(negatives)
-    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-
-
 def bootstrap_ci(diffs: Sequence[float], seed: int = 0, rounds: int = 2000) -> tuple[float, float]:
     rng = random.Random(seed)
     means = sorted(sum(rng.choices(diffs, k=len(diffs))) / len(diffs) for _ in range(rounds))
@@ -355,15 +338,28 @@ def gold_vs_distractors(
     return gold, other
 
 
+def de_readings(
+    lm: LanguageModel, adapter: ReaderAdapter | None, rows: Sequence[dict[str, Any]]
+) -> dict[int | None, list[list[float]]]:
+    """DE of every passage of `rows` as each reading gives it: the answer logits (None) and, for an
+    adapter with probes, each probe layer."""
+    probes = adapter.probes.layers if adapter is not None and adapter.probes is not None else []
+    return {k: de_scores(lm, adapter, rows, k) for k in [None, *probes]}
+
+
 def choose_de_layer(
-    lm: LanguageModel, adapter: ReaderAdapter, calibration: Sequence[dict[str, Any]], tolerance: float = 0.01
+    adapter: ReaderAdapter,
+    readings: dict[int | None, list[list[float]]],
+    calibration: Sequence[dict[str, Any]],
+    tolerance: float = 0.01,
 ) -> dict[str, float]:
     """Set `adapter.info.de_layer` to the shallowest probe whose gold-vs-distractor ROC AUC on the
-    training-fold `calibration` questions is within `tolerance` of the full model's (None if none is):
-    the early exit is taken only where it costs no separation. Returns every AUC it compared."""
-    aucs = {"full": roc_auc(*gold_vs_distractors(de_scores(lm, adapter, calibration, None), calibration))}
-    for k in adapter.probes.layers if adapter.probes is not None else []:
-        aucs[f"probe_{k}"] = roc_auc(*gold_vs_distractors(de_scores(lm, adapter, calibration, k), calibration))
+    training-fold `calibration` questions (`readings` of them) is within `tolerance` of the full model's
+    (None if none is): the early exit is taken only where it costs no separation. Returns every AUC."""
+    aucs = {
+        "full" if k is None else f"probe_{k}": roc_auc(*gold_vs_distractors(de, calibration))
+        for k, de in readings.items()
+    }
     adapter.info.de_layer = next(
         (k for k in sorted(adapter.info.probe_layers) if aucs[f"probe_{k}"] >= aucs["full"] - tolerance), None
     )
@@ -394,13 +390,16 @@ def evaluate_reader_adapter(
     vs gold + the lowest-DE one). `calibration` (training-fold questions) sets the DE threshold."""
     reader = LocalReader(lm, max_new_tokens=12, adapter=adapter)
     out: dict[str, Any] = {"questions": len(held)}
+    held_de = de_readings(lm, adapter, held)
+    cal_de = de_readings(lm, adapter, calibration) if calibration else {}
     if adapter is not None and adapter.probes is not None and calibration:
-        out["de_auc_calibration"] = choose_de_layer(lm, adapter, calibration)
+        out["de_auc_calibration"] = choose_de_layer(adapter, cal_de, calibration)
         out["de_layer"] = adapter.info.de_layer
-        out["de_auc_full"] = roc_auc(*gold_vs_distractors(de_scores(lm, adapter, held, None), held))
+        out["de_auc_full"] = roc_auc(*gold_vs_distractors(held_de[None], held))
         for k in adapter.probes.layers:
-            out[f"de_auc_probe_{k}"] = roc_auc(*gold_vs_distractors(de_scores(lm, adapter, held, k), held))
-    de = de_scores(lm, adapter, held)  # as the shipped scorer reads it
+            out[f"de_auc_probe_{k}"] = roc_auc(*gold_vs_distractors(held_de[k], held))
+    layer = adapter.info.de_layer if adapter is not None else None
+    de = held_de[layer]  # as the shipped scorer reads it
     gold_de, other_de = gold_vs_distractors(de, held)
     out |= {
         "de_auc": roc_auc(gold_de, other_de),
@@ -412,7 +411,7 @@ def evaluate_reader_adapter(
         "de_mean_distractor": sum(other_de) / len(other_de),
     }
     if calibration:
-        cal_gold, cal_other = gold_vs_distractors(de_scores(lm, adapter, calibration), calibration)
+        cal_gold, cal_other = gold_vs_distractors(cal_de[layer], calibration)
         out["de_threshold"] = best_de_threshold(cal_gold, cal_other)
         t = out["de_threshold"]
         out["de_threshold_heldout"] = {
@@ -455,6 +454,15 @@ def evaluate_reader_adapter(
     return out
 
 
+def trailing_mean(values: Sequence[float], window: int) -> list[float]:
+    """Mean of each value and the `window - 1` before it (fewer at the start)."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v - (values[i - window] if i >= window else 0.0)
+        out.append(total / min(i + 1, window))
+    return out
+
+
 def write_training_card(folder: Path, report: TrainReport, figures: dict[str, Any], command: str) -> None:
     """card.md, loss.png and training.json beside the adapter."""
     import matplotlib
@@ -474,17 +482,11 @@ def write_training_card(folder: Path, report: TrainReport, figures: dict[str, An
     fig, ax = plt.subplots(figsize=(6, 3.2))
     ax.plot(range(1, len(report.losses) + 1), report.losses, lw=0.6, alpha=0.5, label="per step")
     window = 25
-    smooth = [
-        sum(report.losses[max(0, i - window + 1) : i + 1]) / len(report.losses[max(0, i - window + 1) : i + 1])
-        for i in range(len(report.losses))
-    ]
-    ax.plot(range(1, len(smooth) + 1), smooth, lw=1.5, label=f"mean of {window}")
-    if report.probe_losses:
-        pl = report.probe_losses
-        mean_pl = [
-            sum(pl[max(0, i - window + 1) : i + 1]) / len(pl[max(0, i - window + 1) : i + 1]) for i in range(len(pl))
-        ]
-        ax.plot(range(1, len(pl) + 1), mean_pl, lw=1.5, label=f"abstention probes (BCE), mean of {window}")
+    for values, label in ((report.losses, "answer"), (report.probe_losses, "abstention probes (BCE)")):
+        if values:
+            ax.plot(
+                range(1, len(values) + 1), trailing_mean(values, window), lw=1.5, label=f"{label}, mean of {window}"
+            )
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy")
     ax.set_title("reader adapter training loss")

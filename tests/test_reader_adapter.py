@@ -12,6 +12,7 @@ import torch
 from conftest import need_data
 
 from ragctx.adapters import AdapterError, ReaderAdapter
+from ragctx.evaluation.metrics import roc_auc
 from ragctx.models import ModelRegistry, bundled_reader_adapter
 from ragctx.reader import LocalReader
 from ragctx.reader_training import (
@@ -24,7 +25,6 @@ from ragctx.reader_training import (
     nq_passages,
     read_nq20,
     render_documents,
-    roc_auc,
     train_reader_adapter,
     training_examples,
 )

@@ -4,7 +4,7 @@ exit with code 2 before anything is loaded."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -19,6 +19,9 @@ from ragctx.registry import (
 from ragctx.settings import Settings, load_settings
 from ragctx.state import Budget
 from ragctx.types import CompressedContext
+
+if TYPE_CHECKING:
+    from ragctx.models import LanguageModel
 
 app = typer.Typer(
     help="ragctx: the context layer between a retriever and an LLM. Retrieve, score, reorder and compress "
@@ -107,6 +110,15 @@ def shared_data_or_exit(data: Path | None, needs: str) -> Path:
         fail("training data not found; pass --data PATH/TO/shared/data")
     assert root is not None  # fail() exits
     return root
+
+
+def base_lm(settings: Settings, model: str) -> LanguageModel:
+    """The model a `ragctx train` command adapts: the reader model for `default`, else `model` (an id or path)."""
+    from ragctx.models import ModelRegistry, load_lm
+
+    if model == "default":
+        return ModelRegistry(settings).reader()
+    return load_lm(model, settings.resolved_cache_dir(), settings.device, settings.lm_dtype)
 
 
 def print_context(ctx: CompressedContext) -> None:

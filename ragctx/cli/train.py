@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ragctx.cli.common import ConfigOpt, console, fail, settings_or_exit, shared_data_or_exit, train_app
+from ragctx.cli.common import ConfigOpt, base_lm, console, fail, settings_or_exit, shared_data_or_exit, train_app
 
 
 @train_app.command("exit")
@@ -112,13 +112,11 @@ def train_compllm_cmd(
     """
     from ragctx.compllm.data import training_examples
     from ragctx.compllm.training import TrainSettings, train_compllm
-    from ragctx.models import ModelRegistry, load_lm
 
     s = settings_or_exit(config)
     root = shared_data_or_exit(data, "nq20")
     examples = training_examples(root, seed=s.seed)[:max_examples]
-    registry = ModelRegistry(s)
-    lm = registry.reader() if model == "default" else load_lm(model, s.resolved_cache_dir(), s.device, s.lm_dtype)
+    lm = base_lm(s, model)
     settings = TrainSettings(
         steps=steps, batch_size=batch_size, lr=lr, max_context_tokens=max_context_tokens, max_seconds=max_seconds
     )
@@ -167,7 +165,6 @@ def train_reader_cmd(
     import shlex
     import sys
 
-    from ragctx.models import ModelRegistry, load_lm
     from ragctx.reader_training import (
         ReaderTrainSettings,
         evaluate_reader_adapter,
@@ -181,8 +178,7 @@ def train_reader_cmd(
     s = settings_or_exit(config)
     root = shared_data_or_exit(data, "nq20")
     examples = training_examples(root, seed=s.seed)[:max_examples]
-    registry = ModelRegistry(s)
-    lm = registry.reader() if model == "default" else load_lm(model, s.resolved_cache_dir(), s.device, s.lm_dtype)
+    lm = base_lm(s, model)
     settings = ReaderTrainSettings(
         steps=steps,
         batch_size=batch_size,
